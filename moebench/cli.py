@@ -1,0 +1,187 @@
+"""moebench command line: run, list, leaderboard.
+
+Heavy libraries (torch, ray, mlflow) are imported inside the commands, so `--help` and
+`list` answer at once. Bad input ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from moebench.errors import UsageError
+
+DEFAULT_OUTPUT_DIR = "moebench-runs"
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moebench", description="Compare MoE diversity methods on language-understanding tasks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train every (method, task, seed) as a Ray Tune trial, log to MLflow, print a leaderboard")
+    run.add_argument("--methods", type=comma_list, required=True, help="comma list, e.g. vanilla,load_balancing")
+    run.add_argument("--tasks", type=comma_list, required=True, help="task or group names, e.g. rte,stsb or glue or all")
+    run.add_argument("--seeds", type=seed_list, default=[0], help="comma list of seeds (default: 0)")
+    run.add_argument("--model", default=None, help="BERT-family model id or directory (default: the packaged MiniLM)")
+    run.add_argument("--data-dir", default=None, help="root of local data (glue/<TASK>/...); default $MOEBENCH_DATA_DIR, else the Hugging Face Hub")
+    run.add_argument("--max-train-samples", type=int, default=None)
+    run.add_argument("--max-eval-samples", type=int, default=None)
+    run.add_argument("--epochs", type=int, default=3)
+    run.add_argument("--max-seq-length", type=int, default=128)
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--lr", type=float, default=5e-5)
+    run.add_argument("--weight-decay", type=float, default=0.01)
+    run.add_argument("--warmup-ratio", type=float, default=0.1)
+    run.add_argument("--num-experts", type=int, default=4)
+    run.add_argument("--top-k", type=int, default=2)
+    run.add_argument("--moe-layers", default="all", help="'all', 'every_other', or comma list of layer indices")
+    run.add_argument("--router-jitter", type=float, default=0.0)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                     help="method hyper-parameter, e.g. load_balancing.aux_coef=0.001 (repeatable)")
+    run.add_argument("--experiment", default="moebench", help="MLflow experiment name (default: moebench)")
+    run.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where tables, Ray and the default MLflow store go (default: {DEFAULT_OUTPUT_DIR})")
+    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)")
+    run.add_argument("--address", default=None, help="address of an existing Ray cluster (default: start Ray locally)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0)
+    run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed (default: 1 when CUDA exists, else 0)")
+
+    listing = commands.add_parser("list", help="show registered methods or tasks")
+    listing.add_argument("what", choices=["methods", "tasks"])
+
+    board = commands.add_parser("leaderboard", help="rebuild the leaderboard of an experiment from MLflow")
+    board.add_argument("--experiment", default="moebench")
+    board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
+    board.add_argument("--tracking-uri", default=None)
+    board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
+    return parser
+
+
+def run_config_from_args(args: argparse.Namespace):
+    from moebench.config import RunConfig, TrainConfig, check_methods, expand_tasks, parse_overrides
+    from moebench.moe.upcycle import MoEConfig
+
+    return RunConfig(
+        methods=check_methods(args.methods),
+        tasks=expand_tasks(args.tasks),
+        seeds=tuple(dict.fromkeys(args.seeds)),
+        model=args.model,
+        data_dir=args.data_dir,
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
+            max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+        ),
+        moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter),
+        method_overrides=parse_overrides(args.overrides),
+        experiment=args.experiment,
+        output_dir=args.output_dir,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+
+
+def validate(cfg) -> list:
+    """Everything that can be wrong with the input, checked before Ray or MLflow start."""
+    from moebench.moe.upcycle import check_model
+    from moebench.registry import TASKS
+    from moebench.task import resolve_data_dir
+
+    if cfg.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {cfg.cpus_per_trial}")
+    if cfg.gpus_per_trial is not None and cfg.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {cfg.gpus_per_trial}")
+    data_dir = resolve_data_dir(cfg.data_dir)
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {data_dir!r} is not a directory")
+    trials = cfg.trials()
+    check_model(trials[0].model)
+    for task in cfg.tasks:
+        TASKS.get(task).check_data(data_dir)
+    return trials
+
+
+def command_run(args: argparse.Namespace) -> int:
+    cfg = run_config_from_args(args)
+    trials = validate(cfg)
+    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds); "
+          f"MLflow: {cfg.resolved_tracking_uri()} experiment {cfg.experiment!r}", file=sys.stderr)
+    from moebench.sweep import run_sweep
+
+    summary = run_sweep(cfg, trials)
+    status = print_leaderboard(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
+    if summary.failed:
+        print(f"\n{len(summary.failed)} of {len(trials)} trials FAILED:", file=sys.stderr)
+        for label, reason in summary.failed:
+            print(f"  {label}: {reason}", file=sys.stderr)
+        return 1
+    return status
+
+
+def print_leaderboard(tracking_uri: str, experiment: str, output: str) -> int:
+    from moebench import leaderboard
+
+    runs = leaderboard.load_runs(tracking_uri, experiment)
+    if runs.empty:
+        print(f"moebench: no finished runs in experiment {experiment!r} at {tracking_uri}", file=sys.stderr)
+        return 1
+    board = leaderboard.build(runs, experiment)
+    print(leaderboard.to_markdown(board))
+    for path in leaderboard.write(board, output):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    from moebench.config import RunConfig
+
+    uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run or --tracking-uri)")
+    return print_leaderboard(uri, args.experiment, args.output or os.path.join(args.output_dir, "leaderboard"))
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from moebench.registry import METHODS, TASKS
+
+    if args.what == "methods":
+        for name, method in METHODS.items():
+            print(f"{name:<16} {method.description}")
+        return 0
+    from moebench.config import task_groups
+
+    for group, members in task_groups().items():
+        print(f"{group}  (--tasks {group} runs: {', '.join(members)})")
+        for name in members:
+            print(f"  {name:<10} {TASKS.get(name).description}")
+    print("all  (--tasks all runs every task above)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard}
+    try:
+        return commands[args.command](args)
+    except UsageError as error:
+        print(f"moebench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Typed run configuration, validated before anything is built, started or logged.
+
+`RunConfig` is what the user asked for (methods x tasks x seeds, shared budgets); it expands
+into one `TrialConfig` per (method, task, seed), the plain picklable record a Ray Tune trial
+receives and whose fields become MLflow params.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from moebench.errors import UsageError
+from moebench.method import parse_params, params_as_dict
+from moebench.moe.upcycle import MoEConfig
+from moebench.registry import METHODS, TASKS, unknown_name_message
+from moebench.task import resolve_data_dir
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def __post_init__(self):
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--max-seq-length": self.max_seq_length}
+        for flag, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{flag} must be a positive integer, got {value}")
+        for flag, value in {"--max-train-samples": self.max_train_samples, "--max-eval-samples": self.max_eval_samples}.items():
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be a positive integer, got {value}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    method: str
+    task: str
+    seed: int
+    model: str
+    data_dir: str | None
+    train: TrainConfig
+    moe: MoEConfig
+    method_params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        return cls(**{**d, "train": TrainConfig(**d["train"]), "moe": MoEConfig(**d["moe"])})
+
+    def flat_params(self) -> dict[str, str]:
+        """MLflow params: every choice that defines this trial."""
+        flat = {"method": self.method, "task": self.task, "seed": self.seed, "model": self.model,
+                "data_dir": self.data_dir or "hub"}
+        flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
+        flat.update({f"moe.{k}": v for k, v in dataclasses.asdict(self.moe).items()})
+        flat.update({f"{self.method}.{k}": v for k, v in self.method_params.items()})
+        return {k: str(v) for k, v in flat.items()}
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that defines the trial (to find it again in MLflow)."""
+        return hashlib.sha256(json.dumps(self.flat_params(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    model: str | None = None  # None -> the packaged MiniLM
+    data_dir: str | None = None
+    train: TrainConfig = TrainConfig()
+    moe: MoEConfig = MoEConfig()
+    method_overrides: dict = field(default_factory=dict)  # method -> {param: raw string}
+    experiment: str = "moebench"
+    output_dir: str = "moebench-runs"
+    tracking_uri: str | None = None  # None -> sqlite:///<output_dir>/mlflow.db
+    address: str | None = None  # an existing Ray cluster; None -> local Ray
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None -> 1 when CUDA is visible, else 0
+
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return "sqlite:///" + os.path.join(os.path.abspath(self.output_dir), "mlflow.db")
+
+    def trials(self) -> list[TrialConfig]:
+        from moebench.moe.upcycle import default_model_path
+
+        model = self.model or default_model_path()
+        data_dir = resolve_data_dir(self.data_dir)
+        params = {m: params_as_dict(parse_params(METHODS.get(m), self.method_overrides.get(m, {}))) for m in self.methods}
+        return [
+            TrialConfig(m, t, s, model, data_dir, self.train, self.moe, params[m])
+            for t in self.tasks for m in self.methods for s in self.seeds
+        ]
+
+
+def expand_tasks(names: list[str]) -> tuple[str, ...]:
+    """Task names and group names ("glue", "all") -> task names, in a stable order, no repeats."""
+    groups = task_groups()
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            expanded = [t for members in groups.values() for t in members]
+        elif name in groups:
+            expanded = groups[name]
+        elif name in TASKS:
+            expanded = [name]
+        else:
+            raise UsageError(unknown_name_message("task", name, [*TASKS.names(), *groups, "all"]))
+        out.extend(t for t in expanded if t not in out)
+    return tuple(out)
+
+
+def task_groups() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name, task in TASKS.items():
+        groups.setdefault(task.group, []).append(name)
+    return groups
+
+
+def check_methods(names: list[str]) -> tuple[str, ...]:
+    for name in names:
+        METHODS.get(name)  # raises with "did you mean"
+    return tuple(dict.fromkeys(names))
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """`--set load_balancing.aux_coef=0.01` -> {"load_balancing": {"aux_coef": "0.01"}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, param = key.partition(".")
+        if not eq or not dot or not method or not param:
+            raise UsageError(f"--set expects METHOD.PARAM=VALUE, got {item!r}")
+        METHODS.get(method)
+        out.setdefault(method, {})[param] = value
+    return out

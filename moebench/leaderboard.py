@@ -1,0 +1,117 @@
+"""Leaderboards built from MLflow alone, so they can be rebuilt at any time.
+
+Rows are methods; columns are each task's main score and each family's average (GLUE
+average, ...). A cell is the mean and sample std over seeds, with n. A family average is taken
+per seed (over the family's tasks that seed finished), then over seeds.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moebench.tracking import TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
+
+
+@dataclass
+class Cell:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else math.nan
+
+
+@dataclass
+class Leaderboard:
+    experiment: str
+    columns: list[str]  # "rte", "stsb", ..., "glue_avg"
+    column_titles: dict[str, str]
+    rows: dict[str, dict[str, Cell]]  # method -> column -> cell
+
+
+def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Finished runs, one per (method, task, seed, configuration): the newest wins."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return pd.DataFrame()
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'", max_results=100000)
+    if runs.empty:
+        return runs
+    runs = runs.sort_values("start_time").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
+    return runs
+
+
+def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
+    tasks = list(dict.fromkeys(runs["params.task"]))
+    groups = dict(zip(runs["params.task"], runs[f"tags.{TAG_GROUP}"]))
+    main_metrics = dict(zip(runs["params.task"], runs[f"tags.{TAG_MAIN_METRIC}"]))
+    group_order = list(dict.fromkeys(groups[t] for t in tasks))
+    columns = tasks + [f"{g}_avg" for g in group_order]
+    titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{g.upper()} avg" for g in group_order}
+
+    rows: dict[str, dict[str, Cell]] = {}
+    for method, by_method in runs.groupby("params.method", sort=False):
+        cells = {t: Cell(by_method.loc[by_method["params.task"] == t, "metrics.main_score"].tolist()) for t in tasks}
+        for group in group_order:
+            members = [t for t in tasks if groups[t] == group]
+            per_seed = by_method[by_method["params.task"].isin(members)].groupby("params.seed")["metrics.main_score"]
+            complete = [scores.mean() for _, scores in per_seed if len(scores) == len(members)]
+            cells[f"{group}_avg"] = Cell(complete)
+        rows[method] = cells
+    return Leaderboard(experiment, columns, titles, rows)
+
+
+def format_cell(cell: Cell) -> str:
+    if cell.n == 0:
+        return "—"
+    text = f"{100 * cell.mean:.2f}"
+    if cell.n > 1:
+        text += f" ± {100 * cell.std:.2f}"
+    return f"{text} (n={cell.n})"
+
+
+def to_markdown(board: Leaderboard) -> str:
+    header = ["method", *(board.column_titles[c] for c in board.columns)]
+    lines = [
+        f"Experiment `{board.experiment}` — scores × 100, mean ± sample std over seeds (n seeds).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(board.columns)) + "|",
+    ]
+    for method, cells in board.rows.items():
+        lines.append("| " + " | ".join([method, *(format_cell(cells[c]) for c in board.columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_frame(board: Leaderboard) -> pd.DataFrame:
+    """Raw values as logged in MLflow (not × 100), full precision: mean, std, n per column."""
+    records = []
+    for method, cells in board.rows.items():
+        record: dict[str, object] = {"method": method}
+        for c in board.columns:
+            record.update({f"{c}_mean": cells[c].mean, f"{c}_std": cells[c].std, f"{c}_n": cells[c].n})
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def write(board: Leaderboard, output_dir: str) -> list[str]:
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, "leaderboard.md"), os.path.join(output_dir, "leaderboard.csv")]
+    with open(paths[0], "w") as f:
+        f.write(to_markdown(board))
+    to_frame(board).to_csv(paths[1], index=False)
+    return paths

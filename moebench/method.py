@@ -1,0 +1,75 @@
+"""The method contract: what a diversity method may change in a trial.
+
+A method is one class in one file, registered under the `moebench.methods` entry-point group.
+It declares typed hyper-parameters (a dataclass called `Params`, with defaults) and overrides
+only the hooks it needs:
+
+- `attach(model)`              once, after the MoE model is built (keep per-layer state here);
+- `loss(routing)`              every training forward: named auxiliary losses, added to the task loss;
+- `before_step(optimizer)`     after backward, before the optimizer step (gradient surgery);
+- `after_step(optimizer)`      after the optimizer step (projected updates, bookkeeping).
+
+Losses are returned, never kept in globals, so nothing leaks between trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from moebench.errors import UsageError
+from moebench.moe.layer import Routing
+
+
+class Method:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    def attach(self, model: torch.nn.Module) -> None:
+        pass
+
+    def loss(self, routing: list[Routing]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+
+def parse_params(method_cls: type[Method], overrides: dict[str, str]) -> Any:
+    """Build `method_cls.Params` from string overrides, naming the bad key or value."""
+    fields = {f.name: f for f in dataclasses.fields(method_cls.Params)}
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            valid = ", ".join(fields) or "(none)"
+            raise UsageError(f"{method_cls.name} has no hyper-parameter {key!r}; valid: {valid}")
+        default = getattr(method_cls.Params(), key)
+        kind = type(default)
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                values[key] = raw.lower() in ("true", "1")
+            else:
+                values[key] = kind(raw)
+        except ValueError:
+            raise UsageError(f"{method_cls.name}.{key} expects {kind.__name__}, got {raw!r}") from None
+    try:
+        return method_cls.Params(**values)
+    except ValueError as error:  # Params.__post_init__ range checks
+        raise UsageError(f"{method_cls.name}: {error}") from None
+
+
+def params_as_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)

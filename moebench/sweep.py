@@ -1,0 +1,81 @@
+"""Methods x tasks x seeds as Ray Tune trials, on local Ray or an existing cluster (--address)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from moebench.config import RunConfig, TrialConfig
+from moebench.tracking import MLflowCallback
+
+
+def tune_trial(config: dict) -> None:
+    """The Ray Tune trainable: one trial, reporting each epoch and then its final metrics."""
+    from ray import tune
+
+    from moebench.train import run_trial
+
+    threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
+    torch.set_num_threads(max(1, threads))
+    final = run_trial(TrialConfig.from_dict(config["trial"]), report=tune.report, progress=False)
+    tune.report({f"final/{k}": v for k, v in final.items()})
+
+
+@dataclass
+class SweepSummary:
+    finished: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
+
+
+def trial_label(spec: TrialConfig) -> str:
+    return f"{spec.method}/{spec.task}/seed{spec.seed}"
+
+
+def run_sweep(cfg: RunConfig, trials: list[TrialConfig]) -> SweepSummary:
+    import ray
+    from ray import tune
+
+    gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    os.environ["MOEBENCH_TRIAL_THREADS"] = str(max(1, int(cfg.cpus_per_trial)))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
+             runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
+                                       "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                                       "TOKENIZERS_PARALLELISM": "false"}})
+    summary = SweepSummary()
+    bar = tqdm(total=len(trials), desc="trials", unit="trial")
+
+    def on_event(kind: str, spec: TrialConfig, payload) -> None:
+        label = trial_label(spec)
+        if kind == "result" and "epoch" in payload:
+            bar.write(f"{label} epoch {payload['epoch']}: main score {payload['eval/main_score']:.4f}, train loss {payload['train/loss']:.4f}")
+        elif kind == "complete":
+            summary.finished.append(label)
+            bar.update(1)
+        elif kind == "error":
+            summary.failed.append((label, payload))
+            bar.write(f"{label} FAILED: {payload}")
+            bar.update(1)
+
+    output_dir = os.path.abspath(cfg.output_dir)
+    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event)
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
+        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+        run_config=tune.RunConfig(
+            name=cfg.experiment,
+            storage_path=os.path.join(output_dir, "ray"),
+            callbacks=[callback],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        bar.close()
+        ray.shutdown()
+    return summary

@@ -1,0 +1,114 @@
+"""MLflow: one run per trial, written by the driver only.
+
+Trials report to Ray Tune; a Tune callback in the driver turns those reports into MLflow
+calls. One writer means an SQLite store never sees concurrent writers, and trials on a
+remote Ray cluster need no access to the tracking store at all.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ray import tune
+
+from moebench.config import TrialConfig
+
+TAG_FINGERPRINT = "moebench.fingerprint"
+TAG_COMMIT = "moebench.git_commit"
+TAG_ERROR = "moebench.error"
+TAG_GROUP = "moebench.task_group"
+TAG_MAIN_METRIC = "moebench.main_metric"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the moebench checkout that ran, with '-dirty' for uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return client, found.experiment_id
+    location = Path(artifact_dir).resolve().as_uri() if artifact_dir and tracking_uri.startswith("sqlite:") else None
+    return client, client.create_experiment(experiment, artifact_location=location)
+
+
+def error_reason(traceback_text: str | None) -> str:
+    """The last line of a traceback: the exception and its message."""
+    if not traceback_text:
+        return "unknown error"
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "unknown error"
+
+
+class MLflowCallback(tune.Callback):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None):
+        self.tracking_uri, self.experiment, self.artifact_dir = tracking_uri, experiment, artifact_dir
+        self.on_event = on_event or (lambda kind, trial, payload: None)
+        self._client = None
+        self._run_ids: dict[str, str] = {}
+
+    def setup(self, **info):
+        self._client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from moebench.registry import TASKS
+
+        spec = TrialConfig.from_dict(trial.config["trial"])
+        task = TASKS.get(spec.task)
+        tags = {
+            TAG_GROUP: task.group,
+            TAG_MAIN_METRIC: task.main_metric,
+            "mlflow.runName": f"{spec.method}/{spec.task}/seed{spec.seed}",
+            TAG_FINGERPRINT: spec.fingerprint(),
+            TAG_COMMIT: git_commit(),
+            "moebench.python": sys.version.split()[0],
+            "moebench.host": os.uname().nodename,
+        }
+        run = self._client.create_run(self._experiment_id, tags=tags)
+        self._run_ids[trial.trial_id] = run.info.run_id
+        from mlflow.entities import Param
+
+        self._client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in spec.flat_params().items()])
+        self.on_event("start", spec, None)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self._run_ids[trial.trial_id]
+        timestamp = int(result.get("timestamp", 0) * 1000)
+        if "epoch" in result:
+            step = int(result["epoch"])
+            metrics = [Metric(k, float(v), timestamp, step) for k, v in result.items() if k.startswith(("train/", "eval/"))]
+        else:
+            metrics = [Metric(k.removeprefix("final/"), float(v), timestamp, 0) for k, v in result.items() if k.startswith("final/")]
+        self._client.log_batch(run_id, metrics=metrics)
+        self.on_event("result", TrialConfig.from_dict(trial.config["trial"]), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._client.set_terminated(self._run_ids[trial.trial_id], "FINISHED")
+        self.on_event("complete", TrialConfig.from_dict(trial.config["trial"]), None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_ids.get(trial.trial_id)
+        traceback_text = trial.get_error()
+        reason = error_reason(traceback_text)
+        if run_id is not None:
+            self._client.set_tag(run_id, TAG_ERROR, reason)
+            if traceback_text:
+                self._client.log_text(run_id, traceback_text, "error.txt")
+            self._client.set_terminated(run_id, "FAILED")
+        self.on_event("error", TrialConfig.from_dict(trial.config["trial"]), reason)

@@ -1,0 +1,206 @@
+"""GLUE (Wang et al., 2019): nine sentence and sentence-pair tasks.
+
+Local files use the classic `glue_data/<TASK>/{train,dev}.tsv` layout written by
+download_glue_data.py, under `<data_dir>/glue/`. The hub path loads `nyu-mll/glue`.
+Main scores follow the BERT paper's table: F1 for MRPC and QQP, Spearman for STS-B,
+Matthews correlation for CoLA, matched accuracy for MNLI, accuracy elsewhere.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from moebench.errors import UsageError
+from moebench.tasks import metrics
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+def classification_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"accuracy": metrics.accuracy(pred, gold)}
+
+
+def f1_and_accuracy(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"f1": metrics.binary_f1(pred, gold), "accuracy": metrics.accuracy(pred, gold)}
+
+
+def matthews(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"matthews_correlation": metrics.matthews_corrcoef(pred, gold)}
+
+
+def correlations(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"pearson": metrics.pearson(pred, gold), "spearman": metrics.spearman(pred, gold)}
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str
+    description: str
+    hub_config: str
+    local_dir: str  # folder under <data_dir>/glue/
+    local_files: dict[str, str]  # split -> file name
+    # Local column names (or indices for CoLA, whose files have no header) and hub field names.
+    local_text_columns: tuple[str | int, ...]
+    local_label_column: str | int
+    hub_text_fields: tuple[str, ...]
+    label_names: tuple[str, ...]  # index = label id, as on the hub; empty for regression
+    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    main_metric: str
+    eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
+    group: str = "glue"
+    auto_class: str = "AutoModelForSequenceClassification"
+    higher_is_better: ClassVar[bool] = True
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    def head_kwargs(self) -> dict[str, Any]:
+        if self.is_regression:
+            return {"num_labels": 1, "problem_type": "regression"}
+        return {"num_labels": len(self.label_names), "problem_type": "single_label_classification"}
+
+    # ---- loading ------------------------------------------------------------------------
+    def local_path(self, data_dir: str, split: str) -> str:
+        return os.path.join(data_dir, "glue", self.local_dir, self.local_files[split])
+
+    def needed_splits(self) -> list[str]:
+        return ["train", *self.eval_splits.values()]
+
+    def check_data(self, data_dir: str | None) -> None:
+        if data_dir is None:
+            return  # the hub path is checked when the data is first loaded (prepare_data)
+        missing = [self.local_path(data_dir, s) for s in self.needed_splits() if not os.path.isfile(self.local_path(data_dir, s))]
+        if missing:
+            raise UsageError(
+                f"task {self.name!r}: no local data at {', '.join(missing)} "
+                f"(--data-dir expects glue/{self.local_dir}/{{{','.join(self.local_files[s] for s in self.needed_splits())}}})"
+            )
+
+    def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
+        if data_dir is not None:
+            return self._load_local(self.local_path(data_dir, split))
+        return self._load_hub(split)
+
+    def _load_local(self, path: str) -> list[dict[str, Any]]:
+        has_header = not isinstance(self.local_label_column, int)
+        examples, skipped = [], 0
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
+            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(rows) if has_header else None
+            for line_number, row in enumerate(rows, start=2 if has_header else 1):
+                if header is not None:
+                    if len(row) != len(header):
+                        skipped += 1
+                        continue
+                    row = dict(zip(header, row))
+                try:
+                    texts = [row[c] for c in self.local_text_columns]
+                    label = self._parse_label(row[self.local_label_column])
+                except (KeyError, IndexError, ValueError) as error:
+                    raise UsageError(f"{path}, line {line_number}: cannot read {self.name} example ({error})") from None
+                examples.append({"texts": texts, "label": label})
+        if skipped:
+            print(f"moebench: {path}: skipped {skipped} malformed rows (wrong column count)", file=sys.stderr)
+        return examples
+
+    def _parse_label(self, raw: str) -> int | float:
+        if self.is_regression:
+            return float(raw)
+        if raw in self.label_names:
+            return self.label_names.index(raw)
+        label = int(raw)
+        if not 0 <= label < len(self.label_names):
+            raise ValueError(f"label {raw!r} not in {self.label_names}")
+        return label
+
+    def _load_hub(self, split: str) -> list[dict[str, Any]]:
+        rows = load_hub_split(HUB_DATASET, self.hub_config, split, self.name, f"glue/{self.local_dir}/")
+        return [{"texts": [r[k] for k in self.hub_text_fields], "label": r["label"]} for r in rows]
+
+    # ---- encoding and scoring -----------------------------------------------------------
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        columns = list(zip(*(e["texts"] for e in examples)))
+        encoded = tokenizer(*columns, truncation=True, max_length=max_length)
+        features = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
+        for feature, example in zip(features, examples):
+            feature["labels"] = example["label"]
+        return features
+
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
+        return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return self.metric_fn(predictions, labels)
+
+
+def load_hub_split(dataset: str, config: str, split: str, task_name: str, local_hint: str) -> list[dict[str, Any]]:
+    """Load one split with `datasets`; when the hub is unreachable, say so and name --data-dir."""
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(dataset, config, split=split))
+    except Exception as error:  # datasets raises many types for "no network"; all mean the same here
+        raise UsageError(
+            f"task {task_name!r}: could not load {dataset}/{config} [{split}] from the Hugging Face Hub "
+            f"({type(error).__name__}); is the hub reachable? Otherwise pass --data-dir ROOT with "
+            f"{local_hint} in the original format (or set $MOEBENCH_DATA_DIR)"
+        ) from None
+
+
+_PAIR = ("sentence1", "sentence2")
+_NLI2 = ("entailment", "not_entailment")
+
+COLA = GlueTask(
+    "cola", "CoLA: grammatical acceptability (Matthews corr.)", "cola", "CoLA",
+    {"train": "train.tsv", "validation": "dev.tsv"}, (3,), 1, ("sentence",),
+    ("unacceptable", "acceptable"), matthews, "matthews_correlation",
+)
+SST2 = GlueTask(
+    "sst2", "SST-2: sentiment of movie-review sentences (acc)", "sst2", "SST-2",
+    {"train": "train.tsv", "validation": "dev.tsv"}, ("sentence",), "label", ("sentence",),
+    ("negative", "positive"), classification_metrics, "accuracy",
+)
+MRPC = GlueTask(
+    "mrpc", "MRPC: paraphrase detection (F1/acc)", "mrpc", "MRPC",
+    {"train": "train.tsv", "validation": "dev.tsv"}, ("#1 String", "#2 String"), "Quality", _PAIR,
+    ("not_equivalent", "equivalent"), f1_and_accuracy, "f1",
+)
+STSB = GlueTask(
+    "stsb", "STS-B: semantic similarity regression (Pearson/Spearman)", "stsb", "STS-B",
+    {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "score", _PAIR,
+    (), correlations, "spearman",
+)
+QQP = GlueTask(
+    "qqp", "QQP: duplicate Quora questions (F1/acc)", "qqp", "QQP",
+    {"train": "train.tsv", "validation": "dev.tsv"}, ("question1", "question2"), "is_duplicate",
+    ("question1", "question2"), ("not_duplicate", "duplicate"), f1_and_accuracy, "f1",
+)
+MNLI = GlueTask(
+    "mnli", "MNLI: 3-way entailment (matched/mismatched acc)", "mnli", "MNLI",
+    {"train": "train.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+    _PAIR, "gold_label", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+    classification_metrics, "accuracy_m",
+    eval_splits={"_m": "validation_matched", "_mm": "validation_mismatched"},
+)
+QNLI = GlueTask(
+    "qnli", "QNLI: does the sentence answer the question (acc)", "qnli", "QNLI",
+    {"train": "train.tsv", "validation": "dev.tsv"}, ("question", "sentence"), "label",
+    ("question", "sentence"), _NLI2, classification_metrics, "accuracy",
+)
+RTE = GlueTask(
+    "rte", "RTE: textual entailment (acc)", "rte", "RTE",
+    {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "label", _PAIR,
+    _NLI2, classification_metrics, "accuracy",
+)
+WNLI = GlueTask(
+    "wnli", "WNLI: Winograd pronoun entailment (acc)", "wnli", "WNLI",
+    {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "label", _PAIR,
+    ("not_entailment", "entailment"), classification_metrics, "accuracy",
+)

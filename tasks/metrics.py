@@ -1,0 +1,47 @@
+"""Classification and regression metrics of GLUE-style tasks.
+
+Plain numpy/scipy rather than `evaluate`: its GLUE metric is fetched from the hub (which
+fails offline) and wraps these same scikit-learn/scipy formulas. Each is checked against
+hand-computed cases in tests/test_metrics.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float(np.mean(pred == gold))
+
+
+def binary_f1(pred: np.ndarray, gold: np.ndarray, positive: int = 1) -> float:
+    tp = np.sum((pred == positive) & (gold == positive))
+    fp = np.sum((pred == positive) & (gold != positive))
+    fn = np.sum((pred != positive) & (gold == positive))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
+    return float(np.mean([binary_f1(pred, gold, positive=c) for c in range(num_labels)]))
+
+
+def matthews_corrcoef(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Binary MCC; 0 when a marginal is constant (as scikit-learn returns)."""
+    tp = float(np.sum((pred == 1) & (gold == 1)))
+    tn = float(np.sum((pred == 0) & (gold == 0)))
+    fp = float(np.sum((pred == 1) & (gold == 0)))
+    fn = float(np.sum((pred == 0) & (gold == 1)))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+
+
+def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0  # a constant prediction has no correlation; scipy would return nan
+    return float(stats.pearsonr(pred, gold)[0])
+
+
+def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
+    if np.std(pred) == 0 or np.std(gold) == 0:
+        return 0.0
+    return float(stats.spearmanr(pred, gold)[0])
