@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from moebench.cli import main
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "moebench.cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--methods", "vanila", "--tasks", "rte"], "Did you mean 'vanilla'?"),
+        (["--methods", "vanilla", "--tasks", "glu"], "Did you mean 'glue'?"),
+        (["--methods", "vanilla", "--tasks", "rte", "--epochs", "-1"], "--epochs must be a positive integer, got -1"),
+        (["--methods", "vanilla", "--tasks", "rte", "--top-k", "3", "--num-experts", "2"], "--top-k must be between 1 and --num-experts (2), got 3"),
+        (["--methods", "vanilla", "--tasks", "qqp"], "no local data at"),
+        (["--methods", "vanilla", "--tasks", "rte", "--model", "./no/such/model"], "'./no/such/model' does not exist"),
+        (["--methods", "load_balancing", "--tasks", "rte", "--set", "load_balancing.alpha=1"], "valid: aux_coef, z_loss_coef"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_dir, args, expected):
+    out = tmp_path / "out"
+    result = run_cli("run", *args, "--data-dir", data_dir, "--output-dir", str(out))
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # no MLflow store, no Ray directory
+
+
+def test_missing_data_dir_is_named(tmp_path, capsys):
+    assert main(["run", "--methods", "vanilla", "--tasks", "rte", "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_list_shows_methods_tasks_and_groups():
+    methods = run_cli("list", "methods")
+    assert methods.returncode == 0 and "load_balancing" in methods.stdout and "vanilla" in methods.stdout
+    tasks = run_cli("list", "tasks").stdout
+    assert "glue  (--tasks glue runs: cola, mnli, mrpc, qnli, qqp, rte, sst2, stsb, wnli)" in tasks
+
+
+def test_leaderboard_without_a_store_is_a_usage_error(tmp_path, capsys):
+    assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err

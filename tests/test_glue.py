@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from moebench.config import expand_tasks
+from moebench.errors import UsageError
+from moebench.registry import TASKS
+
+# Row counts of the shared data (PROVENANCE.md), the published GLUE split sizes.
+LOCAL_SIZES = {
+    "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500),
+    "rte": (2490, 277), "wnli": (635, 71),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_SIZES))
+def test_local_glue_files_load_completely(data_dir, name):
+    task = TASKS.get(name)
+    task.check_data(data_dir)
+    train, dev = task.load("train", data_dir), task.load("validation", data_dir)
+    assert (len(train), len(dev)) == LOCAL_SIZES[name]
+    labels = {e["label"] for e in dev}
+    if task.is_regression:
+        assert min(labels) >= 0 and max(labels) <= 5
+    else:
+        assert labels == set(range(len(task.label_names)))
+
+
+def test_rte_string_labels_map_to_hub_ids(data_dir):
+    first = TASKS.get("rte").load("validation", data_dir)[0]
+    # dev.tsv line 2: "Dana Reeve ... " not_entailment -> hub id 1
+    assert first["texts"][0].startswith("Dana Reeve")
+    assert first["label"] == 1
+
+
+def test_glue_group_expands_to_nine_tasks():
+    assert expand_tasks(["glue"]) == ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli")
+    assert expand_tasks(["rte", "glue"])[0] == "rte"
+    assert len(expand_tasks(["glue", "rte"])) == 9
+
+
+def test_missing_local_files_name_the_path(tmp_path):
+    with pytest.raises(UsageError, match=r"glue/QQP/train.tsv"):
+        TASKS.get("qqp").check_data(str(tmp_path))
+
+
+def test_malformed_rows_are_counted_not_misread(tmp_path, capsys):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tbroken row\tnot_entailment\n2\tc\t\"d\tnot_entailment\n"
+    )
+    examples = TASKS.get("rte").load("validation", str(tmp_path))
+    assert [e["label"] for e in examples] == [0, 1]
+    assert examples[1]["texts"][1] == '"d'  # quotes are text in GLUE files
+    assert "skipped 1 malformed rows" in capsys.readouterr().err
+
+
+def test_mnli_reports_matched_and_mismatched():
+    mnli = TASKS.get("mnli")
+    assert mnli.eval_splits == {"_m": "validation_matched", "_mm": "validation_mismatched"}
+    assert mnli.main_metric == "accuracy_m"
+
+
+def test_metric_and_prediction_shapes():
+    stsb, mrpc = TASKS.get("stsb"), TASKS.get("mrpc")
+    assert stsb.predictions(np.array([[0.5], [2.0]])).tolist() == [0.5, 2.0]
+    assert set(mrpc.compute_metrics(np.array([1, 0]), np.array([1, 1]))) == {"f1", "accuracy"}

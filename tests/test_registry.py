@@ -1,0 +1,29 @@
+import pytest
+
+from moebench.errors import UsageError
+from moebench.registry import METHODS, TASKS, Registry
+
+
+def test_builtins_come_from_entry_points():
+    assert {"vanilla", "load_balancing"} <= set(METHODS.names())
+    assert {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"} <= set(TASKS.names())
+    assert METHODS.get("load_balancing").name == "load_balancing"
+
+
+def test_unknown_name_suggests_and_lists_valid_names():
+    with pytest.raises(UsageError) as error:
+        METHODS.get("load_balance")
+    message = str(error.value)
+    assert "Did you mean 'load_balancing'?" in message
+    assert "vanilla" in message
+
+
+def test_targets_load_lazily_and_clashes_raise():
+    registry = Registry("thing", "moebench.no-such-group")
+    registry.register("json_dumps", "json:dumps")
+    assert registry._targets["json_dumps"] == "json:dumps"  # not imported until asked for
+    import json
+
+    assert registry.get("json_dumps") is json.dumps
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("json_dumps", "json:loads")
