@@ -17,10 +17,12 @@ from tqdm.auto import tqdm
 
 from moebench.config import TrialConfig
 from moebench.method import Method
+from moebench.moe.diagnostics import diagnose
 from moebench.moe.upcycle import MoEModel, build_moe_model, load_tokenizer
 from moebench.registry import METHODS, TASKS
 
 Report = Callable[[dict[str, Any]], None]
+PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,6 +72,25 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def train_step(model: MoEModel, method: Method, optimizer: torch.optim.Optimizer, batch: dict, max_grad_norm: float = 1.0) -> dict[str, float]:
+    """Forward, task loss + the method's auxiliary losses, backward, the method's hooks, step."""
+    model.train()  # from_pretrained returns a model in eval mode (no dropout)
+    output, routing = model(**batch)
+    aux = method.loss(routing)
+    loss = output.loss + sum(aux.values()) if aux else output.loss
+    losses = {"loss": output.loss.item(), **{name: value.item() for name, value in aux.items()}}
+    if not math.isfinite(loss.item()):
+        optimizer.zero_grad(set_to_none=True)
+        return losses  # the caller decides; nothing is applied to the weights
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    method.before_step(optimizer)
+    optimizer.step()
+    method.after_step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
 @torch.no_grad()
 def evaluate(model: MoEModel, task, features: list[dict], batch_size: int, tokenizer, device) -> dict[str, float]:
     model.eval()
@@ -97,6 +118,9 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         for suffix, split in task.eval_splits.items()
     }
 
+    first_eval = next(iter(eval_features.values()))
+    probe = {k: v.to(device) for k, v in tokenizer.pad(first_eval[:PROBE_SIZE], return_tensors="pt").items()}
+
     model = build_moe_model(trial.model, task.auto_class, trial.moe, **task.head_kwargs()).to(device)
     method: Method = method_cls(method_cls.Params(**trial.method_params))
     method.attach(model)
@@ -112,28 +136,20 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
         for batch in batches(train_features, cfg.batch_size, tokenizer, order):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            output, routing = model(**batch)
-            aux = method.loss(routing)
-            loss = output.loss + sum(aux.values()) if aux else output.loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {bar.n + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            method.before_step(optimizer)
-            optimizer.step()
-            method.after_step(optimizer)
+            losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": output.loss, **aux}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise NonFiniteLoss(f"loss became non-finite at epoch {epoch}, step {bar.n + 1}: {losses}")
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
             bar.update(1)
-            bar.set_postfix(loss=f"{output.loss.item():.4f}")
+            bar.set_postfix(loss=f"{losses['loss']:.4f}")
         metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
         for suffix, features in eval_features.items():
             scores = evaluate(model, task, features, cfg.batch_size, tokenizer, device)
             metrics.update({f"eval/{k}{suffix}": v for k, v in scores.items()})
         metrics["eval/main_score"] = metrics[f"eval/{task.main_metric}"]
+        metrics.update({f"eval/{k}": v for k, v in diagnose(model, probe).items()})
         metrics["epoch"] = epoch
         history.append(metrics)
         report(metrics)
