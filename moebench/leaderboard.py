@@ -2,7 +2,9 @@
 
 Rows are methods; columns are each task's main score and each family's average (GLUE
 average, ...). A cell is the mean and sample std over seeds, with n. A family average is taken
-per seed (over the family's tasks that seed finished), then over seeds.
+per seed (over the family's tasks that seed finished), then over seeds. Diagnostic columns
+(expert similarity, routing health, cost) average every finished run of the method, over tasks
+and seeds, at each run's best epoch.
 """
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ import numpy as np
 import pandas as pd
 
 from moebench.tracking import TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
+
+
+# metric logged by every trial -> column title (arrows: which way is "more diverse" / cheaper)
+DIAGNOSTIC_COLUMNS = {
+    "expert_cka": "expert CKA ↓",
+    "expert_cosine": "expert cos ↓",
+    "routing_entropy": "routing entropy",
+    "dead_experts": "dead experts",
+    "train_time_s": "train s",
+}
 
 
 @dataclass
@@ -36,8 +48,9 @@ class Cell:
 @dataclass
 class Leaderboard:
     experiment: str
-    columns: list[str]  # "rte", "stsb", ..., "glue_avg"
+    columns: list[str]  # "rte", "stsb", ..., "glue_avg", then diagnostics
     column_titles: dict[str, str]
+    score_columns: list[str]  # shown × 100
     rows: dict[str, dict[str, Cell]]  # method -> column -> cell
 
 
@@ -60,8 +73,11 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     groups = dict(zip(runs["params.task"], runs[f"tags.{TAG_GROUP}"]))
     main_metrics = dict(zip(runs["params.task"], runs[f"tags.{TAG_MAIN_METRIC}"]))
     group_order = list(dict.fromkeys(groups[t] for t in tasks))
-    columns = tasks + [f"{g}_avg" for g in group_order]
+    score_columns = tasks + [f"{g}_avg" for g in group_order]
+    diagnostics = [name for name in DIAGNOSTIC_COLUMNS if f"metrics.{name}" in runs]
+    columns = score_columns + diagnostics
     titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{g.upper()} avg" for g in group_order}
+    titles |= {name: DIAGNOSTIC_COLUMNS[name] for name in diagnostics}
 
     rows: dict[str, dict[str, Cell]] = {}
     for method, by_method in runs.groupby("params.method", sort=False):
@@ -71,29 +87,38 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
             per_seed = by_method[by_method["params.task"].isin(members)].groupby("params.seed")["metrics.main_score"]
             complete = [scores.mean() for _, scores in per_seed if len(scores) == len(members)]
             cells[f"{group}_avg"] = Cell(complete)
+        for name in diagnostics:
+            cells[name] = Cell(by_method[f"metrics.{name}"].dropna().tolist())
         rows[method] = cells
-    return Leaderboard(experiment, columns, titles, rows)
+    return Leaderboard(experiment, columns, titles, score_columns, rows)
 
 
-def format_cell(cell: Cell) -> str:
+def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
     if cell.n == 0:
         return "—"
-    text = f"{100 * cell.mean:.2f}"
+    text = f"{scale * cell.mean:.{digits}f}"
     if cell.n > 1:
-        text += f" ± {100 * cell.std:.2f}"
+        text += f" ± {scale * cell.std:.{digits}f}"
     return f"{text} (n={cell.n})"
+
+
+def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
+    if column in board.score_columns:
+        return format_cell(cell)
+    return format_cell(cell, scale=1.0, digits=1 if column == "train_time_s" else 3)
 
 
 def to_markdown(board: Leaderboard) -> str:
     header = ["method", *(board.column_titles[c] for c in board.columns)]
     lines = [
-        f"Experiment `{board.experiment}` — scores × 100, mean ± sample std over seeds (n seeds).",
+        f"Experiment `{board.experiment}` — task scores × 100, mean ± sample std over seeds (n seeds); "
+        "diagnostics (on a fixed probe batch, at each run's best epoch) averaged over all runs of a method.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * len(board.columns)) + "|",
     ]
     for method, cells in board.rows.items():
-        lines.append("| " + " | ".join([method, *(format_cell(cells[c]) for c in board.columns)]) + " |")
+        lines.append("| " + " | ".join([method, *(format_column(board, c, cells[c]) for c in board.columns)]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,9 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
     per_seed = vanilla.groupby("params.seed")["metrics.main_score"].mean()
     assert table.loc["vanilla", "glue_avg_mean"] == pytest.approx(per_seed.mean(), abs=1e-12)
     markdown = (out / "leaderboard" / "leaderboard.md").read_text()
-    assert markdown in result.stdout and "GLUE avg" in markdown
+    assert markdown in result.stdout and "GLUE avg" in markdown and "expert CKA" in markdown
+    assert table.loc["vanilla", "expert_cka_mean"] == pytest.approx(vanilla["metrics.expert_cka"].mean(), abs=1e-12)
+    assert runs["metrics.routing_entropy"].between(0, 1).all() and (runs["metrics.dead_experts"] >= 0).all()
 
     rebuilt = subprocess.run([sys.executable, "-m", "moebench.cli", "leaderboard", "--experiment", "e2e",
                               "--output-dir", str(out), "--output", str(tmp_path / "again")], capture_output=True, text=True)
