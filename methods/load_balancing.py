@@ -44,6 +44,8 @@ class LoadBalancing(Method):
             if self.aux_coef < 0 or self.z_loss_coef < 0:
                 raise ValueError("aux_coef and z_loss_coef must be >= 0")
 
+    search_space = {"aux_coef": [0.001, 0.01, 0.1], "z_loss_coef": [0.0, 0.001]}
+
     def loss(self, routing: list[Routing]) -> dict[str, torch.Tensor]:
         losses = {"aux_loss": self.params.aux_coef * torch.stack([switch_aux_loss(r) for r in routing]).mean()}
         if self.params.z_loss_coef > 0:

@@ -77,6 +77,13 @@ class OMoE(Method):
             if self.others_projector not in ("joint", "mean"):
                 raise ValueError(f"others_projector must be 'joint' or 'mean', got {self.others_projector!r}")
 
+    search_space = {
+        "alpha": [1e-4, 1e-3, 1e-2, 1e-1],
+        "accumulate_steps": [2, 4, 8],
+        "orthogonal_steps": [2, 4, 8],
+        "others_projector": ["joint", "mean"],
+    }
+
     def attach(self, model: nn.Module) -> None:
         self.step = 0
         self.layers = list(model.moe_layers)

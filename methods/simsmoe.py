@@ -78,6 +78,13 @@ class SimSMoE(Method):
             if self.balance_coef < 0 or self.contrastive_rate < 0 or self.cont_freq < 0 or self.sigma <= 0:
                 raise ValueError("balance_coef, contrastive_rate, cont_freq must be >= 0 and sigma > 0")
 
+    # The official repo's ablation grids.
+    search_space = {
+        "cont_freq": [1.0, 4.0, 8.0, 16.0],
+        "sim_threshold": [0.1, 0.3, 0.5, 0.7, 0.9],
+        "contrastive_rate": [0.5, 1.0, 5.0, 10.0, 20.0],
+    }
+
     def attach(self, model: nn.Module) -> None:
         self.heads = []
         self.trackers = []

@@ -30,6 +30,9 @@ class Method:
     class Params:
         pass
 
+    # Values worth trying per hyper-parameter (grid or random search picks from these).
+    search_space: ClassVar[dict[str, list]] = {}
+
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 

@@ -74,7 +74,11 @@ class GlueTask:
 
     def check_data(self, data_dir: str | None) -> None:
         if data_dir is None:
-            return  # the hub path is checked when the data is first loaded (prepare_data)
+            # Fetch once in the driver: a hub failure is a usage error before any trial starts,
+            # and parallel trials then read the local `datasets` cache.
+            for split in self.needed_splits():
+                self._load_hub(split)
+            return
         missing = [self.local_path(data_dir, s) for s in self.needed_splits() if not os.path.isfile(self.local_path(data_dir, s))]
         if missing:
             raise UsageError(

@@ -49,3 +49,13 @@ def test_list_shows_methods_tasks_and_groups():
 def test_leaderboard_without_a_store_is_a_usage_error(tmp_path, capsys):
     assert main(["leaderboard", "--output-dir", str(tmp_path)]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+
+
+def test_unreachable_hub_names_data_dir(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MOEBENCH_DATA_DIR"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--methods", "vanilla", "--tasks", "rte",
+                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "Hugging Face Hub" in result.stderr and "--data-dir" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
