@@ -116,14 +116,21 @@ def validate(cfg) -> list:
 def command_run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args)
     trials = validate(cfg)
+    uri = cfg.resolved_tracking_uri()
     print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds); "
-          f"MLflow: {cfg.resolved_tracking_uri()} experiment {cfg.experiment!r}", file=sys.stderr)
+          f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
     from moebench.sweep import run_sweep
+    from moebench.tracking import previous_runs
 
-    summary = run_sweep(cfg, trials)
-    status = print_leaderboard(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
-    if summary.failed:
-        print(f"\n{len(summary.failed)} of {len(trials)} trials FAILED:", file=sys.stderr)
+    finished, stale = previous_runs(uri, cfg.experiment, {t.fingerprint() for t in trials})
+    todo = [t for t in trials if t.fingerprint() not in finished]
+    if finished or stale:
+        print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
+              + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
+    summary = run_sweep(cfg, todo) if todo else None
+    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
+    if summary and summary.failed:
+        print(f"\n{len(summary.failed)} of {len(todo)} trials FAILED:", file=sys.stderr)
         for label, reason in summary.failed:
             print(f"  {label}: {reason}", file=sys.stderr)
         return 1

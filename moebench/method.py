@@ -14,6 +14,7 @@ Losses are returned, never kept in globals, so nothing leaks between trials.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -66,8 +67,11 @@ def parse_params(method_cls: type[Method], overrides: dict[str, str]) -> Any:
                 values[key] = raw.lower() in ("true", "1")
             else:
                 values[key] = kind(raw)
+                if kind is float and not math.isfinite(values[key]):
+                    raise ValueError
         except ValueError:
-            raise UsageError(f"{method_cls.name}.{key} expects {kind.__name__}, got {raw!r}") from None
+            expected = "a finite float" if kind is float else kind.__name__
+            raise UsageError(f"{method_cls.name}.{key} expects {expected}, got {raw!r}") from None
     try:
         return method_cls.Params(**values)
     except ValueError as error:  # Params.__post_init__ range checks

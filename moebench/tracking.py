@@ -46,6 +46,42 @@ def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str 
     return client, client.create_experiment(experiment, artifact_location=location)
 
 
+def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
+    """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
+
+    Those stale RUNNING runs are closed as KILLED, so the store never shows a trial running
+    that nobody runs. (Two sweeps writing one experiment at once would see each other's runs
+    as stale: give them different experiments.)
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return set(), 0
+    finished, stale = set(), 0
+    for run in client.search_runs([found.experiment_id], max_results=50000):
+        fingerprint = run.data.tags.get(TAG_FINGERPRINT)
+        if fingerprint not in fingerprints:
+            continue
+        if run.info.status == "FINISHED":
+            finished.add(fingerprint)
+        elif run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, TAG_ERROR, "interrupted: its sweep stopped before the trial ended")
+            client.set_terminated(run.info.run_id, "KILLED")
+            stale += 1
+    return finished, stale
+
+
+def read_error(trial) -> str | None:
+    """The trial's traceback: Tune writes it to the driver's staging copy first, storage later."""
+    path = trial.error_file
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return f.read()
+    return trial.get_error()
+
+
 def error_reason(traceback_text: str | None) -> str:
     """The last line of a traceback: the exception and its message."""
     if not traceback_text:
@@ -104,7 +140,7 @@ class MLflowCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_ids.get(trial.trial_id)
-        traceback_text = trial.get_error()
+        traceback_text = read_error(trial)
         reason = error_reason(traceback_text)
         if run_id is not None:
             self._client.set_tag(run_id, TAG_ERROR, reason)

@@ -1,32 +1,56 @@
-"""A method from another package, installed with pip, found through its entry point, run by the CLI."""
+"""Methods from another package, installed with pip and found through their entry points:
+one runs through `moebench run`; one diverges, and the sweep must record it and go on."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "example_plugin"
 
 
-def test_an_installed_plugin_method_runs_through_moebench_run(tmp_path, data_dir, tiny_model_dir):
-    site = tmp_path / "site"
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                               "--target", str(site), str(FIXTURE)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
 
-    listed = subprocess.run([sys.executable, "-m", "moebench.cli", "list", "methods"], capture_output=True, text=True, env=env)
-    assert "router_entropy" in listed.stdout
 
+def moebench(env, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "moebench.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def tiny_run_args(data_dir, model, out, experiment):
+    return ["--data-dir", data_dir, "--model", model, "--epochs", "1", "--max-train-samples", "16", "--max-eval-samples", "16",
+            "--max-seq-length", "32", "--batch-size", "4", "--experiment", experiment, "--output-dir", str(out)]
+
+
+def test_an_installed_plugin_method_runs_through_moebench_run(plugin_env, tmp_path, data_dir, tiny_model_dir):
+    assert "router_entropy" in moebench(plugin_env, "list", "methods").stdout
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--methods", "router_entropy", "--tasks", "rte",
-                          "--set", "router_entropy.coef=0.5", "--data-dir", data_dir, "--model", tiny_model_dir,
-                          "--epochs", "1", "--max-train-samples", "16", "--max-eval-samples", "16", "--max-seq-length", "32",
-                          "--experiment", "plugin", "--output-dir", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    run = moebench(plugin_env, "run", "--methods", "router_entropy", "--tasks", "rte", "--set", "router_entropy.coef=0.5",
+                   *tiny_run_args(data_dir, tiny_model_dir, out, "plugin"))
     assert run.returncode == 0, run.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["plugin"])
     assert list(runs["status"]) == ["FINISHED"]
     assert runs["params.router_entropy.coef"].iloc[0] == "0.5"
     assert runs["metrics.train/entropy_loss"].iloc[0] > 0
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(plugin_env, tmp_path, data_dir, tiny_model_dir):
+    out = tmp_path / "out"
+    run = moebench(plugin_env, "run", "--methods", "exploding,vanilla", "--tasks", "rte",
+                   *tiny_run_args(data_dir, tiny_model_dir, out, "failures"))
+    assert run.returncode == 1
+    assert "1 of 2 trials FAILED" in run.stderr and "exploding/rte/seed0" in run.stderr and "non-finite" in run.stderr
+    assert "| vanilla |" in run.stdout  # the leaderboard of what finished is still printed
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["failures"]).set_index("params.method")
+    assert runs.loc["vanilla", "status"] == "FINISHED"
+    assert runs.loc["exploding", "status"] == "FAILED"
+    assert "NonFiniteLoss" in runs.loc["exploding", "tags.moebench.error"]
