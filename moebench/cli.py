@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from moebench.errors import UsageError
@@ -127,7 +128,7 @@ def command_run(args: argparse.Namespace) -> int:
     if finished or stale:
         print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
               + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
-    summary = run_sweep(cfg, todo) if todo else None
+    summary = run_sweep(cfg, todo, args.command_line) if todo else None
     status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
     if summary and summary.failed:
         print(f"\n{len(summary.failed)} of {len(todo)} trials FAILED:", file=sys.stderr)
@@ -146,7 +147,7 @@ def print_leaderboard(tracking_uri: str, experiment: str, output: str) -> int:
         return 1
     board = leaderboard.build(runs, experiment)
     print(leaderboard.to_markdown(board))
-    for path in leaderboard.write(board, output):
+    for path in leaderboard.write(board, runs, output):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -178,7 +179,9 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["moebench", *argv])  # logged with every run, printed with leaderboards
     commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard}
     try:
         return commands[args.command](args)

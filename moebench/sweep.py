@@ -21,7 +21,17 @@ def tune_trial(config: dict) -> None:
     threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
     torch.set_num_threads(max(1, threads))
     final = run_trial(TrialConfig.from_dict(config["trial"]), report=tune.report, progress=False)
-    tune.report({f"final/{k}": v for k, v in final.items()})
+    tune.report({**{f"final/{k}": v for k, v in final.items()}, "info/hardware": hardware()})
+
+
+def hardware() -> str:
+    """Where a trial ran (it may be another machine than the driver's, on a cluster)."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), {os.cpu_count()} CPU cores"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {torch.get_num_threads()} threads used of {os.cpu_count()} cores"
 
 
 @dataclass
@@ -34,7 +44,7 @@ def trial_label(spec: TrialConfig) -> str:
     return f"{spec.method}/{spec.task}/seed{spec.seed}"
 
 
-def run_sweep(cfg: RunConfig, trials: list[TrialConfig]) -> SweepSummary:
+def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> SweepSummary:
     import ray
     from ray import tune
 
@@ -61,7 +71,7 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig]) -> SweepSummary:
             bar.update(1)
 
     output_dir = os.path.abspath(cfg.output_dir)
-    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event)
+    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event, command)
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
         param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ray import tune
 
+from moebench import __version__
 from moebench.config import TrialConfig
 
 TAG_FINGERPRINT = "moebench.fingerprint"
@@ -21,6 +22,8 @@ TAG_COMMIT = "moebench.git_commit"
 TAG_ERROR = "moebench.error"
 TAG_GROUP = "moebench.task_group"
 TAG_MAIN_METRIC = "moebench.main_metric"
+TAG_COMMAND = "moebench.command"
+TAG_HARDWARE = "moebench.hardware"
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,8 +94,9 @@ def error_reason(traceback_text: str | None) -> str:
 
 
 class MLflowCallback(tune.Callback):
-    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None, command: str = ""):
         self.tracking_uri, self.experiment, self.artifact_dir = tracking_uri, experiment, artifact_dir
+        self.command = command
         self.on_event = on_event or (lambda kind, trial, payload: None)
         self._client = None
         self._run_ids: dict[str, str] = {}
@@ -111,6 +115,8 @@ class MLflowCallback(tune.Callback):
             "mlflow.runName": f"{spec.method}/{spec.task}/seed{spec.seed}",
             TAG_FINGERPRINT: spec.fingerprint(),
             TAG_COMMIT: git_commit(),
+            TAG_COMMAND: self.command,
+            "moebench.version": __version__,
             "moebench.python": sys.version.split()[0],
             "moebench.host": os.uname().nodename,
         }
@@ -131,6 +137,9 @@ class MLflowCallback(tune.Callback):
             metrics = [Metric(k, float(v), timestamp, step) for k, v in result.items() if k.startswith(("train/", "eval/"))]
         else:
             metrics = [Metric(k.removeprefix("final/"), float(v), timestamp, 0) for k, v in result.items() if k.startswith("final/")]
+            for key, value in result.items():
+                if key.startswith("info/"):
+                    self._client.set_tag(run_id, "moebench." + key.removeprefix("info/"), str(value))
         self._client.log_batch(run_id, metrics=metrics)
         self.on_event("result", TrialConfig.from_dict(trial.config["trial"]), result)
 

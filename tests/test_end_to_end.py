@@ -48,3 +48,7 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
                               "--output-dir", str(out), "--output", str(tmp_path / "again")], capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (tmp_path / "again" / "leaderboard.md").read_text() == markdown
+    readme = (out / "leaderboard" / "README.md").read_text()
+    assert (tmp_path / "again" / "README.md").read_text() == readme
+    assert "`moebench run --methods vanilla,load_balancing --tasks rte,stsb" in readme
+    assert runs["tags.moebench.git_commit"].iloc[0] in readme and "Hardware: `CPU" in readme
