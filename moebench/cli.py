@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
     board.add_argument("--tracking-uri", default=None)
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
+    board.add_argument("--format", type=comma_list, default=["md", "csv"], help="comma list of md, csv, tex, html (default: md,csv)")
     return parser
 
 
@@ -138,16 +139,19 @@ def command_run(args: argparse.Namespace) -> int:
     return status
 
 
-def print_leaderboard(tracking_uri: str, experiment: str, output: str) -> int:
+def print_leaderboard(tracking_uri: str, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv")) -> int:
     from moebench import leaderboard
 
+    bad = [f for f in formats if f not in leaderboard.FORMATS]
+    if bad:
+        raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(leaderboard.FORMATS)}")
     runs = leaderboard.load_runs(tracking_uri, experiment)
     if runs.empty:
         print(f"moebench: no finished runs in experiment {experiment!r} at {tracking_uri}", file=sys.stderr)
         return 1
     board = leaderboard.build(runs, experiment)
     print(leaderboard.to_markdown(board))
-    for path in leaderboard.write(board, runs, output):
+    for path in leaderboard.write(board, runs, output, tuple(formats)):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -158,7 +162,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
         raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run or --tracking-uri)")
-    return print_leaderboard(uri, args.experiment, args.output or os.path.join(args.output_dir, "leaderboard"))
+    return print_leaderboard(uri, args.experiment, args.output or os.path.join(args.output_dir, "leaderboard"), tuple(args.format))
 
 
 def command_list(args: argparse.Namespace) -> int:

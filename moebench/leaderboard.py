@@ -50,8 +50,44 @@ class Leaderboard:
     experiment: str
     columns: list[str]  # "rte", "stsb", ..., "glue_avg", then diagnostics
     column_titles: dict[str, str]
-    score_columns: list[str]  # shown × 100
-    rows: dict[str, dict[str, Cell]]  # method -> column -> cell
+    score_columns: list[str]  # shown × 100, ranked
+    rows: dict[str, dict[str, Cell]]  # method -> column -> cell, best mean rank first
+    marks: dict[str, dict[str, str]]  # column -> method -> "best" | "tie" | ""
+    mean_rank: dict[str, float]  # over task columns (not family averages)
+
+    @property
+    def task_columns(self) -> list[str]:
+        return [c for c in self.score_columns if not c.endswith("_avg")]
+
+
+SIGNIFICANCE = 0.05
+
+
+def mark_best(cells: dict[str, Cell]) -> dict[str, str]:
+    """The best mean, and the methods a Welch t-test over seeds cannot tell from it (p >= 0.05)."""
+    from scipy import stats
+
+    present = {m: c for m, c in cells.items() if c.n}
+    if not present:
+        return {}
+    best = max(present, key=lambda m: present[m].mean)
+    marks = {m: "" for m in cells} | {best: "best"}
+    for method, cell in present.items():
+        if method == best or cell.n < 2 or present[best].n < 2:
+            continue
+        if cell.values == present[best].values:
+            marks[method] = "tie"
+            continue
+        p = stats.ttest_ind(cell.values, present[best].values, equal_var=False).pvalue
+        if np.isnan(p) or p >= SIGNIFICANCE:
+            marks[method] = "tie"
+    return marks
+
+
+def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str]) -> dict[str, float]:
+    """Rank 1 = best mean in a column (ties share the average rank); averaged over columns."""
+    table = pd.DataFrame({c: {m: rows[m][c].mean for m in rows} for c in columns})
+    return table.rank(axis=0, ascending=False, method="average").mean(axis=1).to_dict()
 
 
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -90,7 +126,10 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
         for name in diagnostics:
             cells[name] = Cell(by_method[f"metrics.{name}"].dropna().tolist())
         rows[method] = cells
-    return Leaderboard(experiment, columns, titles, score_columns, rows)
+    ranks = mean_ranks(rows, tasks)
+    rows = {m: rows[m] for m in sorted(rows, key=lambda m: (ranks[m], m))}
+    marks = {c: mark_best({m: rows[m][c] for m in rows}) for c in score_columns}
+    return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks)
 
 
 def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
@@ -108,25 +147,77 @@ def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
     return format_cell(cell, scale=1.0, digits=1 if column == "train_time_s" else 3)
 
 
-def to_markdown(board: Leaderboard) -> str:
-    header = ["method", *(board.column_titles[c] for c in board.columns)]
-    lines = [
-        f"Experiment `{board.experiment}` — task scores × 100, mean ± sample std over seeds (n seeds); "
-        "diagnostics (on a fixed probe batch, at each run's best epoch) averaged over all runs of a method.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(board.columns)) + "|",
-    ]
+LEGEND = (
+    "task scores × 100, mean ± sample std over seeds (n seeds); {best} best mean per column, "
+    "{tie} not significantly different from it (Welch t-test over seeds, p ≥ 0.05); mean rank over tasks. "
+    "Diagnostics (on a fixed probe batch, at each run's best epoch) average all runs of a method."
+)
+
+
+def marked_cells(board: Leaderboard, best: str, tie: str, escape=lambda text: text) -> list[tuple[str, list[str]]]:
+    """(method, [rank, cells...]): cells escaped for the format, marked ones wrapped by `best`/`tie`."""
+    out = []
     for method, cells in board.rows.items():
-        lines.append("| " + " | ".join([method, *(format_column(board, c, cells[c]) for c in board.columns)]) + " |")
+        texts = [f"{board.mean_rank[method]:.2f}"]
+        for column in board.columns:
+            text = escape(format_column(board, column, cells[column]))
+            mark = board.marks.get(column, {}).get(method, "")
+            texts.append(best.format(text) if mark == "best" else tie.format(text) if mark == "tie" else text)
+        out.append((escape(method), texts))
+    return out
+
+
+def headers(board: Leaderboard) -> list[str]:
+    return ["method", "mean rank", *(board.column_titles[c] for c in board.columns)]
+
+
+def to_markdown(board: Leaderboard) -> str:
+    lines = [
+        f"Experiment `{board.experiment}` — " + LEGEND.format(best="**bold**:", tie="≈:"),
+        "",
+        "| " + " | ".join(headers(board)) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(board.columns) + 1)) + "|",
+    ]
+    for method, texts in marked_cells(board, best="**{}**", tie="{} ≈"):
+        lines.append("| " + " | ".join([method, *texts]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def to_latex(board: Leaderboard) -> str:
+    escape = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("↓", r"$\downarrow$")
+    lines = [
+        "% " + LEGEND.format(best="bold:", tie="approx:"),
+        r"\begin{tabular}{l" + "r" * (len(board.columns) + 1) + "}",
+        r"\toprule",
+        " & ".join(escape(h) for h in headers(board)) + r" \\",
+        r"\midrule",
+    ]
+    for method, texts in marked_cells(board, best=r"\textbf{{{}}}", tie=r"{}$^{{\approx}}$", escape=escape):
+        lines.append(" & ".join([method, *texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def to_html(board: Leaderboard) -> str:
+    from html import escape
+
+    cell = lambda tag, text: f"<{tag}>{text}</{tag}>"
+    lines = [
+        f"<p>Experiment <code>{escape(board.experiment)}</code>: {escape(LEGEND.format(best='bold:', tie='≈:'))}</p>",
+        "<table>",
+        "<tr>" + "".join(cell("th", escape(h)) for h in headers(board)) + "</tr>",
+    ]
+    for method, texts in marked_cells(board, best="<b>{}</b>", tie="{} ≈", escape=escape):
+        lines.append("<tr>" + cell("td", method) + "".join(cell("td", t) for t in texts) + "</tr>")
+    lines += ["</table>", ""]
+    return "\n".join(lines)
 
 
 def to_frame(board: Leaderboard) -> pd.DataFrame:
     """Raw values as logged in MLflow (not × 100), full precision: mean, std, n per column."""
     records = []
     for method, cells in board.rows.items():
-        record: dict[str, object] = {"method": method}
+        record: dict[str, object] = {"method": method, "mean_rank": board.mean_rank[method]}
         for c in board.columns:
             record.update({f"{c}_mean": cells[c].mean, f"{c}_std": cells[c].std, f"{c}_n": cells[c].n})
         records.append(record)
@@ -167,12 +258,23 @@ def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write(board: Leaderboard, runs: pd.DataFrame, output_dir: str) -> list[str]:
+FORMATS = {
+    "md": lambda board: to_markdown(board),
+    "csv": lambda board: to_frame(board).to_csv(index=False),
+    "tex": lambda board: to_latex(board),
+    "html": lambda board: to_html(board),
+}
+
+
+def write(board: Leaderboard, runs: pd.DataFrame, output_dir: str, formats: tuple[str, ...] = ("md", "csv")) -> list[str]:
+    """The tables in each format, plus a README with the table and its provenance."""
     os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, name) for name in ("leaderboard.md", "leaderboard.csv", "README.md")]
-    with open(paths[0], "w") as f:
-        f.write(to_markdown(board))
-    to_frame(board).to_csv(paths[1], index=False)
-    with open(paths[2], "w") as f:
+    paths = []
+    for fmt in formats:
+        paths.append(os.path.join(output_dir, f"leaderboard.{fmt}"))
+        with open(paths[-1], "w") as f:
+            f.write(FORMATS[fmt](board))
+    paths.append(os.path.join(output_dir, "README.md"))
+    with open(paths[-1], "w") as f:
         f.write(provenance(board, runs))
     return paths
