@@ -13,6 +13,13 @@ import sys
 from moebench.errors import UsageError
 
 DEFAULT_OUTPUT_DIR = "moebench-runs"
+RUN_DEFAULTS = {
+    "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
+    "max_train_samples": None, "max_eval_samples": None, "epochs": 3, "max_seq_length": 128, "batch_size": 32,
+    "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
+    "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
+    "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
+}
 
 
 def comma_list(text: str) -> list[str]:
@@ -30,32 +37,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moebench", description="Compare MoE diversity methods on language-understanding tasks.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train every (method, task, seed) as a Ray Tune trial, log to MLflow, print a leaderboard")
-    run.add_argument("--methods", type=comma_list, required=True, help="comma list, e.g. vanilla,load_balancing")
-    run.add_argument("--tasks", type=comma_list, required=True, help="task or group names, e.g. rte,stsb or glue or all")
-    run.add_argument("--seeds", type=seed_list, default=[0], help="comma list of seeds (default: 0)")
-    run.add_argument("--model", default=None, help="BERT-family model id or directory (default: the packaged MiniLM)")
-    run.add_argument("--data-dir", default=None, help="root of local data (glue/<TASK>/...); default $MOEBENCH_DATA_DIR, else the Hugging Face Hub")
-    run.add_argument("--max-train-samples", type=int, default=None)
-    run.add_argument("--max-eval-samples", type=int, default=None)
-    run.add_argument("--epochs", type=int, default=3)
-    run.add_argument("--max-seq-length", type=int, default=128)
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--lr", type=float, default=5e-5)
-    run.add_argument("--weight-decay", type=float, default=0.01)
-    run.add_argument("--warmup-ratio", type=float, default=0.1)
-    run.add_argument("--num-experts", type=int, default=4)
-    run.add_argument("--top-k", type=int, default=2)
-    run.add_argument("--moe-layers", default="all", help="'all', 'every_other', or comma list of layer indices")
-    run.add_argument("--router-jitter", type=float, default=0.0)
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+    run = commands.add_parser("run", help="train every (method, task, seed) as a Ray Tune trial, log to MLflow, print a leaderboard",
+                              argument_default=argparse.SUPPRESS)  # so that options from --config are overridden only when given
+    run.add_argument("--config", help="YAML experiment file with any of the options below (command line wins)")
+    run.add_argument("--methods", type=comma_list, help="comma list, e.g. vanilla,load_balancing")
+    run.add_argument("--tasks", type=comma_list, help="task or group names, e.g. rte,stsb or glue or all")
+    run.add_argument("--seeds", type=seed_list, help="comma list of seeds (default: 0)")
+    run.add_argument("--model", help="BERT-family model id or directory (default: the packaged MiniLM)")
+    run.add_argument("--data-dir", help="root of local data (glue/<TASK>/...); default $MOEBENCH_DATA_DIR, else the Hugging Face Hub")
+    run.add_argument("--max-train-samples", type=int)
+    run.add_argument("--max-eval-samples", type=int)
+    run.add_argument("--epochs", type=int, help="(default: 3)")
+    run.add_argument("--max-seq-length", type=int, help="(default: 128)")
+    run.add_argument("--batch-size", type=int, help="(default: 32)")
+    run.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5)")
+    run.add_argument("--weight-decay", type=float, help="(default: 0.01)")
+    run.add_argument("--warmup-ratio", type=float, help="(default: 0.1)")
+    run.add_argument("--num-experts", type=int, help="(default: 4)")
+    run.add_argument("--top-k", type=int, help="(default: 2)")
+    run.add_argument("--moe-layers", help="'all' (default), 'every_other', or comma list of layer indices")
+    run.add_argument("--router-jitter", type=float, help="(default: 0)")
+    run.add_argument("--set", dest="overrides", action="append", metavar="METHOD.PARAM=VALUE",
                      help="method hyper-parameter, e.g. load_balancing.aux_coef=0.001 (repeatable)")
-    run.add_argument("--experiment", default="moebench", help="MLflow experiment name (default: moebench)")
-    run.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"where tables, Ray and the default MLflow store go (default: {DEFAULT_OUTPUT_DIR})")
-    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)")
-    run.add_argument("--address", default=None, help="address of an existing Ray cluster (default: start Ray locally)")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0)
-    run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed (default: 1 when CUDA exists, else 0)")
+    run.add_argument("--experiment", help="MLflow experiment name (default: moebench)")
+    run.add_argument("--output-dir", help=f"where tables, Ray and the default MLflow store go (default: {DEFAULT_OUTPUT_DIR})")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<output-dir>/mlflow.db)")
+    run.add_argument("--address", help="address of an existing Ray cluster (default: start Ray locally)")
+    run.add_argument("--cpus-per-trial", type=float, help="(default: 1)")
+    run.add_argument("--gpus-per-trial", type=float, help="fractions allowed (default: 1 when CUDA exists, else 0)")
+    parser.run_actions = {action.dest: action for action in run._actions}
 
     listing = commands.add_parser("list", help="show registered methods or tasks")
     listing.add_argument("what", choices=["methods", "tasks"])
@@ -67,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
     board.add_argument("--format", type=comma_list, default=["md", "csv"], help="comma list of md, csv, tex, html (default: md,csv)")
     return parser
+
+
+def resolve_run_options(args: argparse.Namespace, actions: dict[str, argparse.Action]) -> argparse.Namespace:
+    """Defaults, then the experiment file, then what the command line gave."""
+    from moebench.experiment import load_experiment
+
+    given = vars(args)
+    options = dict(RUN_DEFAULTS)
+    if given.get("config"):
+        options.update(load_experiment(given["config"], actions))
+    from_file = options["overrides"]
+    options.update({k: v for k, v in given.items() if k in RUN_DEFAULTS})
+    options["overrides"] = from_file + given.get("overrides", [])  # a --set on the command line wins over the file's
+    for required in ("methods", "tasks"):
+        if not options[required]:
+            raise UsageError(f"--{required} is required (on the command line or as `{required}:` in --config)")
+    return argparse.Namespace(**{**given, **options})
 
 
 def run_config_from_args(args: argparse.Namespace):
@@ -116,6 +143,7 @@ def validate(cfg) -> list:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    args = resolve_run_options(args, args.run_actions)
     cfg = run_config_from_args(args)
     trials = validate(cfg)
     uri = cfg.resolved_tracking_uri()
@@ -184,7 +212,9 @@ def command_list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.run_actions = parser.run_actions
     args.command_line = shlex.join(["moebench", *argv])  # logged with every run, printed with leaderboards
     commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard}
     try:

@@ -1,0 +1,72 @@
+"""Experiment files: the options of `moebench run` in YAML.
+
+Keys are the command-line options without dashes (`max_train_samples` or `max-train-samples`);
+`methods` and `tasks` take a list or a comma string; `set` takes {method: {param: value}}.
+Precedence: command line over file over defaults. Every error names the file, the line and
+the key.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Any
+
+import yaml
+
+from moebench.errors import UsageError
+
+
+def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str, Any]:
+    """Options from an experiment file, converted with the same types as the command line."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except OSError as error:
+        raise UsageError(f"--config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of option: value at the top level")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in root.value}
+
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}, line {lines.get(key, '?')}"
+        dest = str(key).replace("-", "_")
+        if dest == "set":
+            options["overrides"] = method_overrides(value, where)
+            continue
+        if dest not in actions or dest in ("config", "help", "overrides"):
+            valid = sorted(d for d in actions if d not in ("help", "config", "overrides")) + ["set"]
+            close = difflib.get_close_matches(dest, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+        options[dest] = convert(actions[dest], value, where, key)
+    return options
+
+
+def convert(action: argparse.Action, value: Any, where: str, key: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if action.type is None:
+        return str(value)
+    try:
+        return action.type(str(value))
+    except (ValueError, argparse.ArgumentTypeError):
+        expected = {int: "an integer", float: "a number"}.get(action.type, "a comma list")
+        raise UsageError(f"{where}: {key!r} expects {expected}, got {value!r}") from None
+
+
+def method_overrides(value: Any, where: str) -> list[str]:
+    """{simsmoe: {sim_threshold: 0.3}} -> ["simsmoe.sim_threshold=0.3"] (the --set form)."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise UsageError(f"{where}: 'set' expects a mapping of method: {{param: value}}")
+    return [f"{method}.{param}={v}" for method, params in value.items() for param, v in params.items()]

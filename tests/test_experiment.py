@@ -1,0 +1,62 @@
+import argparse
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from moebench.cli import build_parser, resolve_run_options
+from moebench.errors import UsageError
+
+
+def options(tmp_path, yaml_text: str, *argv: str) -> argparse.Namespace:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml_text)
+    parser = build_parser()
+    return resolve_run_options(parser.parse_args(["run", "--config", str(path), *argv]), parser.run_actions)
+
+
+def test_command_line_over_file_over_defaults(tmp_path):
+    text = "methods: [vanilla, simsmoe]\ntasks: glue\nepochs: 5\nlr: 1.0e-4\nset:\n  simsmoe: {sim_threshold: 0.3, cont_freq: 4}\n"
+    got = options(tmp_path, text, "--epochs", "2", "--set", "simsmoe.sim_threshold=0.7")
+    assert got.methods == ["vanilla", "simsmoe"] and got.tasks == ["glue"]
+    assert got.epochs == 2 and got.lr == 1e-4 and got.batch_size == 32  # flag, file, default
+    assert got.overrides == ["simsmoe.sim_threshold=0.3", "simsmoe.cont_freq=4", "simsmoe.sim_threshold=0.7"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: [vanilla]\ntasks: rte\nepoch: 2\n", "line 3: unknown key 'epoch'. Did you mean 'epochs'?"),
+    ("methods: [vanilla]\n\ntasks: rte\nbatch_size: big\n", "line 4: 'batch_size' expects an integer, got 'big'"),
+    ("methods: [vanilla\n", "not valid YAML"),
+    ("- vanilla\n", "expected a mapping"),
+    ("methods: [vanilla]\ntasks: rte\nset: [simsmoe]\n", "line 3: 'set' expects a mapping"),
+])
+def test_bad_files_name_file_line_and_key(tmp_path, text, message):
+    with pytest.raises(UsageError, match="exp.yaml") as error:
+        options(tmp_path, text)
+    assert message in str(error.value)
+
+
+def test_shipped_experiment_files_are_valid(tmp_path):
+    root = os.path.join(os.path.dirname(__file__), "..", "experiments")
+    parser = build_parser()
+    for name in os.listdir(root):
+        args = parser.parse_args(["run", "--config", os.path.join(root, name)])
+        resolved = resolve_run_options(args, parser.run_actions)
+        assert resolved.methods and resolved.tasks
+
+
+@pytest.mark.e2e
+def test_a_yaml_experiment_runs_from_the_cli(tmp_path, data_dir, tiny_model_dir):
+    (tmp_path / "exp.yaml").write_text(
+        f"methods: [simsmoe]\ntasks: [rte]\nmodel: {tiny_model_dir}\ndata_dir: {data_dir}\nepochs: 1\n"
+        f"max_train_samples: 16\nmax_eval_samples: 16\nmax_seq_length: 32\nexperiment: yaml\n"
+        f"output_dir: {tmp_path / 'out'}\nset:\n  simsmoe: {{sim_threshold: 0.25}}\n")
+    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--config", str(tmp_path / "exp.yaml"), "--lr", "0.001"],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["yaml"]).iloc[0]
+    assert run["status"] == "FINISHED"
+    assert run["params.train.lr"] == "0.001" and run["params.train.epochs"] == "1" and run["params.simsmoe.sim_threshold"] == "0.25"
