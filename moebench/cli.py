@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
     board.add_argument("--tracking-uri", default=None)
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
-    board.add_argument("--format", type=comma_list, default=["md", "csv"], help="comma list of md, csv, tex, html (default: md,csv)")
+    board.add_argument("--format", type=comma_list, default=["md", "csv", "png"],
+                       help="comma list of md, csv, tex, html, png (plots) (default: md,csv,png)")
     return parser
 
 
@@ -167,12 +168,13 @@ def command_run(args: argparse.Namespace) -> int:
     return status
 
 
-def print_leaderboard(tracking_uri: str, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv")) -> int:
+def print_leaderboard(tracking_uri: str, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png")) -> int:
     from moebench import leaderboard
 
-    bad = [f for f in formats if f not in leaderboard.FORMATS]
+    valid = [*leaderboard.FORMATS, "png"]
+    bad = [f for f in formats if f not in valid]
     if bad:
-        raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(leaderboard.FORMATS)}")
+        raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(valid)}")
     runs = leaderboard.load_runs(tracking_uri, experiment)
     if runs.empty:
         print(f"moebench: no finished runs in experiment {experiment!r} at {tracking_uri}", file=sys.stderr)

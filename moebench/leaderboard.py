@@ -258,6 +258,53 @@ def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def plot_scores(board: Leaderboard, path: str) -> None:
+    """Per-task main scores, one bar per method, error bars = sample std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns, methods = board.score_columns, list(board.rows)
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(columns)), 4))
+    for i, method in enumerate(methods):
+        cells = [board.rows[method][c] for c in columns]
+        ax.bar(np.arange(len(columns)) + i * width, [100 * c.mean for c in cells], width,
+               yerr=[0 if math.isnan(c.std) else 100 * c.std for c in cells], capsize=3, label=method)
+    ax.set_xticks(np.arange(len(columns)) + width * (len(methods) - 1) / 2, [board.column_titles[c] for c in columns],
+                  rotation=20, ha="right")
+    ax.set_ylabel("score × 100 (mean ± std over seeds)")
+    ax.set_title(board.experiment)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_similarity(runs: pd.DataFrame, path: str) -> None:
+    """Expert CKA per MoE layer (mean over a method's runs), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layer_columns = sorted((c for c in runs if c.startswith("metrics.layer") and c.endswith("/expert_cka")),
+                           key=lambda c: int(c.removeprefix("metrics.layer").split("/")[0]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    layers = [int(c.removeprefix("metrics.layer").split("/")[0]) for c in layer_columns]
+    for method, group in runs.groupby("params.method"):
+        ax.plot(layers, [group[c].mean() for c in layer_columns], marker="o", label=method)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("mean pairwise linear CKA of experts")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_title("expert similarity (1 = identical experts)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 FORMATS = {
     "md": lambda board: to_markdown(board),
     "csv": lambda board: to_frame(board).to_csv(index=False),
@@ -267,10 +314,14 @@ FORMATS = {
 
 
 def write(board: Leaderboard, runs: pd.DataFrame, output_dir: str, formats: tuple[str, ...] = ("md", "csv")) -> list[str]:
-    """The tables in each format, plus a README with the table and its provenance."""
+    """The tables in each format ("png": the plots), plus a README with the table and its provenance."""
     os.makedirs(output_dir, exist_ok=True)
     paths = []
-    for fmt in formats:
+    if "png" in formats:
+        paths += [os.path.join(output_dir, "scores.png"), os.path.join(output_dir, "expert_similarity.png")]
+        plot_scores(board, paths[-2])
+        plot_similarity(runs, paths[-1])
+    for fmt in (f for f in formats if f != "png"):
         paths.append(os.path.join(output_dir, f"leaderboard.{fmt}"))
         with open(paths[-1], "w") as f:
             f.write(FORMATS[fmt](board))

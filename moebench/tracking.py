@@ -6,6 +6,8 @@ remote Ray cluster need no access to the tracking store at all.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import subprocess
@@ -38,15 +40,37 @@ def git_commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def sqlite_setup_lock(tracking_uri: str):
+    """Serialise MLflow's first contact with an SQLite store across processes.
+
+    Two processes opening a new store at once both run its schema migrations and one fails
+    ("duplicate column name"); two creating the same experiment collide too. Ordinary writes
+    after that are safe in parallel. Servers handle this themselves: no lock for them.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = tracking_uri.removeprefix("sqlite:///")
+    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+    with open(database + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str | None = None):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return client, found.experiment_id
-    location = Path(artifact_dir).resolve().as_uri() if artifact_dir and tracking_uri.startswith("sqlite:") else None
-    return client, client.create_experiment(experiment, artifact_location=location)
+    with sqlite_setup_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        location = Path(artifact_dir).resolve().as_uri() if artifact_dir and tracking_uri.startswith("sqlite:") else None
+        return client, client.create_experiment(experiment, artifact_location=location)
 
 
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
@@ -58,8 +82,9 @@ def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) ->
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    with sqlite_setup_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
     if found is None:
         return set(), 0
     finished, stale = set(), 0
