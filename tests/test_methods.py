@@ -68,7 +68,9 @@ def test_params_parse_and_validate():
     assert parse_params(LoadBalancing, {"aux_coef": "0.001"}).aux_coef == 0.001
     with pytest.raises(UsageError, match="valid: aux_coef, z_loss_coef"):
         parse_params(LoadBalancing, {"alpha": "1"})
-    with pytest.raises(UsageError, match="expects float"):
+    with pytest.raises(UsageError, match="expects a finite float"):
         parse_params(LoadBalancing, {"aux_coef": "lots"})
+    with pytest.raises(UsageError, match="expects a finite float, got 'inf'"):
+        parse_params(LoadBalancing, {"aux_coef": "inf"})
     with pytest.raises(UsageError, match=">= 0"):
         parse_params(LoadBalancing, {"aux_coef": "-1"})
