@@ -19,6 +19,7 @@ RUN_DEFAULTS = {
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
     "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
+    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {},
 }
 
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="address of an existing Ray cluster (default: start Ray locally)")
     run.add_argument("--cpus-per-trial", type=float, help="(default: 1)")
     run.add_argument("--gpus-per-trial", type=float, help="fractions allowed (default: 1 when CUDA exists, else 0)")
+    run.add_argument("--search", help="none (default), grid or random: search each method's space (--set values stay fixed)")
+    run.add_argument("--num-samples", type=int, help="configurations per method for --search random (default: 1)")
+    run.add_argument("--scheduler", help="fifo (default) or asha: stop weak configurations early, per method and task")
     parser.run_actions = {action.dest: action for action in run._actions}
 
     listing = commands.add_parser("list", help="show registered methods or tasks")
@@ -120,6 +124,10 @@ def run_config_from_args(args: argparse.Namespace):
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        search=args.search,
+        num_samples=args.num_samples,
+        scheduler=args.scheduler,
+        search_space=args.search_space,
     )
 
 

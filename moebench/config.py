@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import random
 from dataclasses import dataclass, field
 
 from moebench.errors import UsageError
@@ -76,7 +78,15 @@ class TrialConfig:
 
     def fingerprint(self) -> str:
         """Stable hash of everything that defines the trial (to find it again in MLflow)."""
-        return hashlib.sha256(json.dumps(self.flat_params(), sort_keys=True).encode()).hexdigest()[:16]
+        return stable_hash(self.flat_params())
+
+    def config_id(self) -> str:
+        """The same hash without the seed: runs of one configuration over seeds share it."""
+        return stable_hash({k: v for k, v in self.flat_params().items() if k != "seed"})
+
+
+def stable_hash(params: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,30 @@ class RunConfig:
     address: str | None = None  # an existing Ray cluster; None -> local Ray
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None -> 1 when CUDA is visible, else 0
+    search: str = "none"  # "none": one configuration per method; "grid" or "random" over search spaces
+    num_samples: int = 1  # configurations per method drawn by --search random
+    scheduler: str = "fifo"  # "asha": stop weak configurations early (per method and task)
+    search_space: dict = field(default_factory=dict)  # method -> {param: [values]}; default: the method's own
+
+    def __post_init__(self):
+        if self.search not in ("none", "grid", "random"):
+            raise UsageError(f"--search must be one of none, grid, random; got {self.search!r}")
+        if self.scheduler not in ("fifo", "asha"):
+            raise UsageError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.num_samples < 1:
+            raise UsageError(f"--num-samples must be a positive integer, got {self.num_samples}")
+
+    def method_configurations(self, method: str) -> list[dict[str, str]]:
+        """Hyper-parameter overrides to try for one method: --set values are fixed, the rest searched."""
+        fixed = self.method_overrides.get(method, {})
+        space = self.search_space.get(method, METHODS.get(method).search_space)
+        space = {k: [str(v) for v in values] for k, values in space.items() if k not in fixed}
+        if self.search == "none" or not space:
+            return [dict(fixed)]
+        if self.search == "grid":
+            return [{**fixed, **dict(zip(space, values))} for values in itertools.product(*space.values())]
+        rng = random.Random(f"moebench-search-{method}")  # the same draws on a rerun, so resume finds them
+        return [{**fixed, **{k: rng.choice(v) for k, v in space.items()}} for _ in range(self.num_samples)]
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
@@ -106,10 +140,13 @@ class RunConfig:
 
         model = self.model or default_model_path()
         data_dir = resolve_data_dir(self.data_dir)
-        params = {m: params_as_dict(parse_params(METHODS.get(m), self.method_overrides.get(m, {}))) for m in self.methods}
+        configurations = {
+            m: [params_as_dict(parse_params(METHODS.get(m), overrides)) for overrides in self.method_configurations(m)]
+            for m in self.methods
+        }
         return [
-            TrialConfig(m, t, s, model, data_dir, self.train, self.moe, params[m])
-            for t in self.tasks for m in self.methods for s in self.seeds
+            TrialConfig(m, t, s, model, data_dir, self.train, self.moe, params)
+            for t in self.tasks for m in self.methods for params in configurations[m] for s in self.seeds
         ]
 
 

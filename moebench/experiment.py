@@ -42,8 +42,11 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
         if dest == "set":
             options["overrides"] = method_overrides(value, where)
             continue
+        if dest == "search_space":
+            options["search_space"] = search_space(value, where)
+            continue
         if dest not in actions or dest in ("config", "help", "overrides"):
-            valid = sorted(d for d in actions if d not in ("help", "config", "overrides")) + ["set"]
+            valid = sorted(d for d in actions if d not in ("help", "config", "overrides")) + ["set", "search_space"]
             close = difflib.get_close_matches(dest, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
@@ -63,6 +66,15 @@ def convert(action: argparse.Action, value: Any, where: str, key: str) -> Any:
     except (ValueError, argparse.ArgumentTypeError):
         expected = {int: "an integer", float: "a number"}.get(action.type, "a comma list")
         raise UsageError(f"{where}: {key!r} expects {expected}, got {value!r}") from None
+
+
+def search_space(value: Any, where: str) -> dict[str, dict[str, list]]:
+    """{simsmoe: {sim_threshold: [0.3, 0.5]}}: replaces that method's own search space."""
+    ok = isinstance(value, dict) and all(
+        isinstance(space, dict) and all(isinstance(v, list) and v for v in space.values()) for space in value.values())
+    if not ok:
+        raise UsageError(f"{where}: 'search_space' expects a mapping of method: {{param: [values, ...]}}")
+    return value
 
 
 def method_overrides(value: Any, where: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moebench.tracking import TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
+from moebench.tracking import TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
 
 
 # metric logged by every trial -> column title (arrows: which way is "more diverse" / cheaper)
@@ -54,6 +54,7 @@ class Leaderboard:
     rows: dict[str, dict[str, Cell]]  # method -> column -> cell, best mean rank first
     marks: dict[str, dict[str, str]]  # column -> method -> "best" | "tie" | ""
     mean_rank: dict[str, float]  # over task columns (not family averages)
+    selections: dict[str, str]  # "method/task" -> chosen hyper-parameters, where a search tried several
 
     @property
     def task_columns(self) -> list[str]:
@@ -104,7 +105,29 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     return runs
 
 
+def select_configurations(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Per (method, task), the configuration with the best mean validation main score over
+    seeds (ties: the smaller configuration id, so a rebuild picks the same)."""
+    config = f"tags.{TAG_CONFIG}"
+    if config not in runs:
+        return runs, {}
+    key = ["params.method", "params.task"]
+    means = runs.groupby(key + [config])["metrics.main_score"].mean().reset_index()
+    best = means.sort_values(["metrics.main_score", config], ascending=[False, True], kind="stable").drop_duplicates(key)
+    chosen = runs.merge(best[key + [config]], on=key + [config])
+    tried = means.groupby(key).size()
+    selections = {}
+    for (method, task), n in tried.items():
+        if n > 1:
+            row = chosen[(chosen["params.method"] == method) & (chosen["params.task"] == task)].iloc[0]
+            params = ", ".join(f"{c.split('.', 2)[2]}={row[c]}" for c in sorted(runs.columns)
+                               if c.startswith(f"params.{method}.") and pd.notna(row[c]))
+            selections[f"{method}/{task}"] = f"{params} (best of {n} configurations)"
+    return chosen, selections
+
+
 def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
+    runs, selections = select_configurations(runs)
     tasks = list(dict.fromkeys(runs["params.task"]))
     groups = dict(zip(runs["params.task"], runs[f"tags.{TAG_GROUP}"]))
     main_metrics = dict(zip(runs["params.task"], runs[f"tags.{TAG_MAIN_METRIC}"]))
@@ -129,7 +152,7 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     ranks = mean_ranks(rows, tasks)
     rows = {m: rows[m] for m in sorted(rows, key=lambda m: (ranks[m], m))}
     marks = {c: mark_best({m: rows[m][c] for m in rows}) for c in score_columns}
-    return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks)
+    return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections)
 
 
 def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
@@ -249,7 +272,9 @@ def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
         f"- Data: {bullet(distinct(runs, 'params.data_dir'))}",
         f"- Hardware: {bullet(distinct(runs, 'tags.moebench.hardware'))}",
         f"- Budget and MoE: {budget}",
-        f"- {len(runs)} finished runs (one per method, task and seed), read from MLflow.",
+        f"- {len(runs)} finished runs, read from MLflow.",
+        *([f"- Selected on the validation split (mean main score over seeds): "
+           + "; ".join(f"{k}: {v}" for k, v in sorted(board.selections.items()))] if board.selections else []),
         "",
         "Rebuild these files from the MLflow store with",
         f"`moebench leaderboard --experiment {board.experiment} --tracking-uri URI --output DIR`.",

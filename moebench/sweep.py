@@ -34,9 +34,41 @@ def hardware() -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads used of {os.cpu_count()} cores"
 
 
+def grouped_asha(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2):
+    """Asynchronous successive halving (Li et al., 2020), but only among trials of the same
+    method and task: scores of different tasks are not comparable, so one pool would stop
+    every trial of a hard task. At each rung (grace_period * rf^k epochs) a trial continues
+    only if its validation main score is in the top 1/rf of those seen at that rung."""
+    import numpy as np
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    rungs = []
+    epoch = grace_period
+    while epoch < max_epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+
+    class GroupedASHA(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.recorded: dict[tuple[str, str, int], list[float]] = {}
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if "epoch" not in result or result["epoch"] not in rungs:
+                return TrialScheduler.CONTINUE
+            spec = trial.config["trial"]
+            scores = self.recorded.setdefault((spec["method"], spec["task"], result["epoch"]), [])
+            scores.append(result["eval/main_score"])
+            cutoff = np.percentile(scores, 100 * (1 - 1 / reduction_factor))
+            return TrialScheduler.CONTINUE if result["eval/main_score"] >= cutoff else TrialScheduler.STOP
+
+    return GroupedASHA()
+
+
 @dataclass
 class SweepSummary:
     finished: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # by the early-stopping scheduler
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
 
 
@@ -65,6 +97,10 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
         elif kind == "complete":
             summary.finished.append(label)
             bar.update(1)
+        elif kind == "stopped":
+            summary.stopped.append(label)
+            bar.write(f"{label} stopped early by ASHA after epoch {payload}")
+            bar.update(1)
         elif kind == "error":
             summary.failed.append((label, payload))
             bar.write(f"{label} FAILED: {payload}")
@@ -75,6 +111,7 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
         param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+        tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs) if cfg.scheduler == "asha" else None),
         run_config=tune.RunConfig(
             name=cfg.experiment,
             storage_path=os.path.join(output_dir, "ray"),

@@ -25,6 +25,8 @@ TAG_ERROR = "moebench.error"
 TAG_GROUP = "moebench.task_group"
 TAG_MAIN_METRIC = "moebench.main_metric"
 TAG_COMMAND = "moebench.command"
+TAG_CONFIG = "moebench.config"
+TAG_STOPPED_EARLY = "moebench.stopped_early"
 TAG_HARDWARE = "moebench.hardware"
 
 
@@ -92,7 +94,7 @@ def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) ->
         fingerprint = run.data.tags.get(TAG_FINGERPRINT)
         if fingerprint not in fingerprints:
             continue
-        if run.info.status == "FINISHED":
+        if run.info.status == "FINISHED" or TAG_STOPPED_EARLY in run.data.tags:
             finished.add(fingerprint)
         elif run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, TAG_ERROR, "interrupted: its sweep stopped before the trial ended")
@@ -125,6 +127,8 @@ class MLflowCallback(tune.Callback):
         self.on_event = on_event or (lambda kind, trial, payload: None)
         self._client = None
         self._run_ids: dict[str, str] = {}
+        self._last_epoch: dict[str, int] = {}
+        self._final_logged: set[str] = set()
 
     def setup(self, **info):
         self._client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
@@ -139,6 +143,7 @@ class MLflowCallback(tune.Callback):
             TAG_MAIN_METRIC: task.main_metric,
             "mlflow.runName": f"{spec.method}/{spec.task}/seed{spec.seed}",
             TAG_FINGERPRINT: spec.fingerprint(),
+            TAG_CONFIG: spec.config_id(),
             TAG_COMMIT: git_commit(),
             TAG_COMMAND: self.command,
             "moebench.version": __version__,
@@ -159,9 +164,11 @@ class MLflowCallback(tune.Callback):
         timestamp = int(result.get("timestamp", 0) * 1000)
         if "epoch" in result:
             step = int(result["epoch"])
+            self._last_epoch[trial.trial_id] = step
             metrics = [Metric(k, float(v), timestamp, step) for k, v in result.items() if k.startswith(("train/", "eval/"))]
         else:
             metrics = [Metric(k.removeprefix("final/"), float(v), timestamp, 0) for k, v in result.items() if k.startswith("final/")]
+            self._final_logged.add(trial.trial_id)
             for key, value in result.items():
                 if key.startswith("info/"):
                     self._client.set_tag(run_id, "moebench." + key.removeprefix("info/"), str(value))
@@ -169,8 +176,18 @@ class MLflowCallback(tune.Callback):
         self.on_event("result", TrialConfig.from_dict(trial.config["trial"]), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._client.set_terminated(self._run_ids[trial.trial_id], "FINISHED")
-        self.on_event("complete", TrialConfig.from_dict(trial.config["trial"]), None)
+        run_id = self._run_ids[trial.trial_id]
+        spec = TrialConfig.from_dict(trial.config["trial"])
+        if trial.trial_id in self._final_logged:
+            self._client.set_terminated(run_id, "FINISHED")
+            self.on_event("complete", spec, None)
+            return
+        # Stopped by the scheduler: a deliberate outcome, kept apart from FINISHED runs (the
+        # leaderboard reads those) and not re-run on resume.
+        epoch = self._last_epoch.get(trial.trial_id, 0)
+        self._client.set_tag(run_id, TAG_STOPPED_EARLY, str(epoch))
+        self._client.set_terminated(run_id, "KILLED")
+        self.on_event("stopped", spec, epoch)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_ids.get(trial.trial_id)

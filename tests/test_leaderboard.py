@@ -44,6 +44,16 @@ def test_mean_rank_orders_rows(board):
     assert board.mean_rank["c"] == 3.0
 
 
+def test_search_reports_the_best_configuration_per_method_and_task():
+    runs = runs_frame({("a", "rte"): [0.5, 0.6], ("b", "rte"): [0.55, 0.56]})
+    runs["tags.moebench.config"] = "only"
+    runs["params.a.coef"] = "1"
+    better = runs_frame({("a", "rte"): [0.7, 0.8]}).assign(**{"tags.moebench.config": "second", "params.a.coef": "2"})
+    board = leaderboard.build(pd.concat([runs, better]), "search")
+    assert board.rows["a"]["rte"].values == [0.7, 0.8]
+    assert board.selections == {"a/rte": "coef=2 (best of 2 configurations)"}
+
+
 def test_formats_carry_the_marks(board):
     md = leaderboard.to_markdown(board)
     assert "| a | 1.25 | **61.00 ± 1.00 (n=3)** |" in md  # sst2: a and b share rank 1.5
