@@ -9,10 +9,10 @@ Targets: omoe <= 1.10x, simsmoe <= 1.15x vanilla.
     python benchmarks/method_step_ratio.py [--rounds 16] [--methods vanilla,load_balancing,simsmoe,omoe]
 """
 import argparse
-import statistics
-import time
+import functools
 
 import torch
+from interleave import interleaved_times, print_ratios, random_batch
 
 from moebench.moe.upcycle import MoEConfig, MoEModel, default_model_path, load_pretrained
 from moebench.registry import METHODS
@@ -37,27 +37,12 @@ def main():
         method = method_cls(method_cls.Params())
         method.attach(model)
         runs[name] = (model, method, make_optimizer(model, 1e-5, 0.01))
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq), generator=g),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
-        "labels": torch.randint(0, 2, (args.batch,), generator=g),
-    }
-    times = {name: [] for name in names}
-    for name, (model, method, optimizer) in runs.items():  # warm-up
-        train_step(model, method, optimizer, batch)
-    for _ in range(args.rounds):
-        for name, (model, method, optimizer) in runs.items():
-            start = time.perf_counter()
-            train_step(model, method, optimizer, batch)
-            times[name].append(time.perf_counter() - start)
-
-    base = statistics.median(times["vanilla"])
+    batch = random_batch(args.batch, args.seq)
+    steps = {name: functools.partial(train_step, model, method, optimizer, batch) for name, (model, method, optimizer) in runs.items()}
+    times = interleaved_times(steps, args.rounds)
     print(f"MoE MiniLM (E=4, top-2) train step, batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
-    for name, samples in times.items():
-        print(f"  {name:<15} {statistics.median(samples) / base:.2f}x vanilla   (mean {statistics.mean(samples) / statistics.mean(times['vanilla']):.2f}x)")
-
+    print_ratios(times, "vanilla")
 
 if __name__ == "__main__":
     main()

@@ -7,10 +7,10 @@ the medians' ratios are printed. Targets: top-1 <= 1.0x, top-2 <= 1.4x.
     python benchmarks/moe_step_ratio.py [--rounds 7] [--batch 32] [--seq 128]
 """
 import argparse
-import statistics
-import time
+import functools
 
 import torch
+from interleave import interleaved_times, print_ratios, random_batch
 
 from moebench.moe.upcycle import MoEConfig, MoEModel, default_model_path, load_pretrained
 
@@ -38,27 +38,14 @@ def main():
     for k in (1, 2):
         models[f"moe top-{k}"] = MoEModel(load_pretrained(path, "AutoModelForSequenceClassification", num_labels=2), MoEConfig(args.experts, k))
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
-    batch = {
-        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq)),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
-        "labels": torch.randint(0, 2, (args.batch,)),
-    }
-    times = {name: [] for name in models}
-    for name, model in models.items():  # warm-up
+    batch = random_batch(args.batch, args.seq)
+    for model in models.values():
         model.train()
-        train_step(model, optimizers[name], batch)
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            train_step(model, optimizers[name], batch)
-            times[name].append(time.perf_counter() - start)
-
-    base = statistics.median(times["dense"])
+    steps = {name: functools.partial(train_step, model, optimizers[name], batch) for name, model in models.items()}
+    times = interleaved_times(steps, args.rounds)
     print(f"MiniLM train step, batch {args.batch} x seq {args.seq}, E={args.experts}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
-    for name, samples in times.items():
-        print(f"  {name:<10} {statistics.median(samples) / base:.2f}x dense")
-
+    print_ratios(times, "dense")
 
 if __name__ == "__main__":
     main()
