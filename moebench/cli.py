@@ -156,7 +156,9 @@ def command_run(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args)
     trials = validate(cfg)
     uri = cfg.resolved_tracking_uri()
-    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds); "
+    configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
+    searched = f", {configurations} method configurations" if cfg.search != "none" else ""
+    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
           f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
     from moebench.sweep import run_sweep
     from moebench.tracking import previous_runs
