@@ -18,13 +18,15 @@ import pandas as pd
 from moebench.tracking import TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
 
 
-# metric logged by every trial -> column title (arrows: which way is "more diverse" / cheaper)
+# metric logged by every trial -> (column title, decimals); arrows: the "more diverse" way.
+# Upcycled experts start identical, so similarities differ from 1 in the 4th or 5th decimal
+# at small budgets: rounding to 3 would hide every method's effect.
 DIAGNOSTIC_COLUMNS = {
-    "expert_cka": "expert CKA ↓",
-    "expert_cosine": "expert cos ↓",
-    "routing_entropy": "routing entropy",
-    "dead_experts": "dead experts",
-    "train_time_s": "train s",
+    "expert_cka": ("expert CKA ↓", 5),
+    "expert_cosine": ("expert cos ↓", 5),
+    "routing_entropy": ("routing entropy", 3),
+    "dead_experts": ("dead experts", 1),
+    "train_time_s": ("train s", 1),
 }
 
 
@@ -136,7 +138,7 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     diagnostics = [name for name in DIAGNOSTIC_COLUMNS if f"metrics.{name}" in runs]
     columns = score_columns + diagnostics
     titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{g.upper()} avg" for g in group_order}
-    titles |= {name: DIAGNOSTIC_COLUMNS[name] for name in diagnostics}
+    titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
 
     rows: dict[str, dict[str, Cell]] = {}
     for method, by_method in runs.groupby("params.method", sort=False):
@@ -167,7 +169,7 @@ def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
 def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
     if column in board.score_columns:
         return format_cell(cell)
-    return format_cell(cell, scale=1.0, digits=1 if column == "train_time_s" else 3)
+    return format_cell(cell, scale=1.0, digits=DIAGNOSTIC_COLUMNS[column][1])
 
 
 LEGEND = (
