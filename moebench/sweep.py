@@ -31,6 +31,10 @@ def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (CUDA), {os.cpu_count()} CPU cores"
     cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):  # platform.processor() is empty on most Linux systems
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     return f"CPU {cpu}, {torch.get_num_threads()} threads used of {os.cpu_count()} cores"
 
 
