@@ -94,6 +94,8 @@ class MoEModel(nn.Module):
 
     def forward(self, **batch) -> tuple[object, list[Routing]]:
         mask = batch.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding: skip the gather/scatter of real tokens in every layer
         for layer in self.moe_layers:
             layer.token_mask = None if mask is None else mask.bool()
         try:
