@@ -18,15 +18,17 @@ import pandas as pd
 from moebench.tracking import TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
 
 
-# metric logged by every trial -> (column title, decimals); arrows: the "more diverse" way.
+# metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.
 # Upcycled experts start identical, so similarities differ from 1 in the 4th or 5th decimal
 # at small budgets: rounding to 3 would hide every method's effect.
 DIAGNOSTIC_COLUMNS = {
-    "expert_cka": ("expert CKA ↓", 5),
-    "expert_cosine": ("expert cos ↓", 5),
-    "routing_entropy": ("routing entropy", 3),
-    "dead_experts": ("dead experts", 1),
-    "train_time_s": ("train s", 1),
+    "expert_cka": ("expert CKA ↓", 5, 1.0),
+    "expert_cosine": ("expert cos ↓", 5, 1.0),
+    "routing_entropy": ("routing entropy", 3, 1.0),
+    "dead_experts": ("dead experts", 1, 1.0),
+    "train_time_s": ("train s", 1, 1.0),
+    "params_total": ("params (M)", 2, 1e-6),
+    "params_active_per_token": ("active params/token (M)", 2, 1e-6),
 }
 
 
@@ -169,7 +171,8 @@ def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
 def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
     if column in board.score_columns:
         return format_cell(cell)
-    return format_cell(cell, scale=1.0, digits=DIAGNOSTIC_COLUMNS[column][1])
+    _, digits, scale = DIAGNOSTIC_COLUMNS[column]
+    return format_cell(cell, scale=scale, digits=digits)
 
 
 LEGEND = (

@@ -13,7 +13,7 @@ def runs_frame(scores: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
         for seed, value in enumerate(values):
             rows.append({"params.method": method, "params.task": task, "params.seed": str(seed),
                          "tags.moebench.task_group": "glue", "tags.moebench.main_metric": "accuracy",
-                         "metrics.main_score": value, "metrics.expert_cka": 0.9})
+                         "metrics.main_score": value, "metrics.expert_cka": 0.9, "metrics.params_total": 43_991_426})
     return pd.DataFrame(rows)
 
 
@@ -62,3 +62,4 @@ def test_formats_carry_the_marks(board):
     csv = leaderboard.to_frame(board).set_index("method")
     assert csv.loc["a", "rte_mean"] == pytest.approx(0.61) and math.isnan(leaderboard.Cell([0.5]).std)
     assert csv.loc["a", "expert_cka_mean"] == pytest.approx(0.9)
+    assert "| params (M) |" in md and "| 43.99 ± 0.00 (n=6) |" in md
