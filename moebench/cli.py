@@ -15,7 +15,7 @@ from moebench.errors import UsageError
 DEFAULT_OUTPUT_DIR = "moebench-runs"
 RUN_DEFAULTS = {
     "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
-    "max_train_samples": None, "max_eval_samples": None, "epochs": 3, "max_seq_length": 128, "batch_size": 32,
+    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "eval_split": None, "epochs": 3, "max_seq_length": 128, "batch_size": 32,
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
     "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="root of local data (glue/<TASK>/...); default $MOEBENCH_DATA_DIR, else the Hugging Face Hub")
     run.add_argument("--max-train-samples", type=int)
     run.add_argument("--max-eval-samples", type=int)
+    run.add_argument("--train-split", help="split to train on, `datasets` syntax (default: train); e.g. 'validation[:50%%]' "
+                                           "where only a validation split exists")
+    run.add_argument("--eval-split", help="split to evaluate on (default: each task's validation split); e.g. 'validation[50%%:]'")
     run.add_argument("--epochs", type=int, help="(default: 3)")
     run.add_argument("--max-seq-length", type=int, help="(default: 128)")
     run.add_argument("--batch-size", type=int, help="(default: 32)")
@@ -115,6 +118,7 @@ def run_config_from_args(args: argparse.Namespace):
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
             warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
             max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+            train_split=args.train_split, eval_split=args.eval_split,
         ),
         moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter),
         method_overrides=parse_overrides(args.overrides),
@@ -131,10 +135,12 @@ def run_config_from_args(args: argparse.Namespace):
     )
 
 
-def validate(cfg) -> list:
-    """Everything that can be wrong with the input, checked before Ray or MLflow start."""
+def validate(cfg, named: set[str] = frozenset()):
+    """Everything that can be wrong with the input, checked before Ray or MLflow start.
+    Returns the config (without the tasks of a group that have no data, said on stderr) and its trials."""
+    import dataclasses
+
     from moebench.moe.upcycle import check_model
-    from moebench.registry import TASKS
     from moebench.task import resolve_data_dir
 
     if cfg.cpus_per_trial <= 0:
@@ -144,17 +150,47 @@ def validate(cfg) -> list:
     data_dir = resolve_data_dir(cfg.data_dir)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir!r} is not a directory")
+    skipped = {}
+    for task in cfg.tasks:
+        try:
+            check_task_data(task, cfg.train, data_dir)
+        except UsageError as error:
+            if task in named:
+                raise
+            skipped[task] = str(error)  # a group member without data here: run the others
+    if skipped:
+        print(f"moebench: skipping {len(skipped)} task(s) of the requested groups that have no data here:", file=sys.stderr)
+        for reason in skipped.values():
+            print(f"  {reason}", file=sys.stderr)
+        if len(skipped) == len(cfg.tasks):
+            raise UsageError("none of the requested tasks has data here (see above)")
+        cfg = dataclasses.replace(cfg, tasks=tuple(t for t in cfg.tasks if t not in skipped))
     trials = cfg.trials()
     check_model(trials[0].model)
-    for task in cfg.tasks:
-        TASKS.get(task).check_data(data_dir)
-    return trials
+    return cfg, trials
+
+
+def check_task_data(name: str, train, data_dir: str | None) -> None:
+    """The splits a trial will read exist, and training and evaluation rows do not overlap."""
+    from moebench.registry import TASKS
+    from moebench.splits import Split
+    from moebench.task import eval_splits
+
+    task = TASKS.get(name)
+    train_split = Split.parse(train.train_split, "--train-split")
+    evaluation = [Split.parse(e, "--eval-split") for e in eval_splits(task, train.eval_split).values()]
+    task.check_data(data_dir, list(dict.fromkeys([train_split.name, *(e.name for e in evaluation)])))
+    for split in evaluation:
+        if split.name == train_split.name and train_split.overlaps(split, len(task.load(split.name, data_dir))):
+            raise UsageError(f"task {name!r}: --train-split {train_split} and evaluation split {split} overlap; "
+                             f"give disjoint parts, e.g. {split.name}[:50%] and {split.name}[50%:]")
 
 
 def command_run(args: argparse.Namespace) -> int:
     args = resolve_run_options(args, args.run_actions)
-    cfg = run_config_from_args(args)
-    trials = validate(cfg)
+    from moebench.config import named_tasks
+
+    cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
     uri = cfg.resolved_tracking_uri()
     configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
     searched = f", {configurations} method configurations" if cfg.search != "none" else ""

@@ -18,6 +18,7 @@ from moebench.errors import UsageError
 from moebench.method import parse_params, params_as_dict
 from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
+from moebench.splits import Split
 from moebench.task import resolve_data_dir
 
 
@@ -32,8 +33,13 @@ class TrainConfig:
     max_seq_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    train_split: str = "train"  # `datasets` split syntax, e.g. "validation[:50%]"
+    eval_split: str | None = None  # None: each task's own evaluation split(s)
 
     def __post_init__(self):
+        Split.parse(self.train_split, "--train-split")
+        if self.eval_split is not None:
+            Split.parse(self.eval_split, "--eval-split")
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--max-seq-length": self.max_seq_length}
         for flag, value in positive.items():
             if value < 1:
@@ -148,6 +154,11 @@ class RunConfig:
             TrialConfig(m, t, s, model, data_dir, self.train, self.moe, params)
             for t in self.tasks for m in self.methods for params in configurations[m] for s in self.seeds
         ]
+
+
+def named_tasks(names: list[str]) -> set[str]:
+    """The tasks asked for by name rather than through a group."""
+    return {name for name in names if name in TASKS}
 
 
 def expand_tasks(names: list[str]) -> tuple[str, ...]:

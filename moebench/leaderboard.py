@@ -2,7 +2,9 @@
 
 Rows are methods; columns are each task's main score and each family's average (GLUE
 average, ...). A cell is the mean and sample std over seeds, with n. A family average is taken
-per seed (over the family's tasks that seed finished), then over seeds. Diagnostic columns
+per seed (over the family's tasks that seed finished), then over seeds; each task counts its
+`family_score`, the family's convention (GLUE and SuperGLUE average a task's two official
+metrics, e.g. MRPC F1 and accuracy, CB accuracy and macro-F1). Diagnostic columns
 (expert similarity, routing health, cost) average every finished run of the method, over tasks
 and seeds, at each run's best epoch.
 """
@@ -142,12 +144,16 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{g.upper()} avg" for g in group_order}
     titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
 
+    # A task's share of its family average follows the family's convention (runs logged
+    # before `family_score` existed count their main score).
+    family = runs["metrics.family_score"] if "metrics.family_score" in runs else runs["metrics.main_score"]
+    runs = runs.assign(family_score=family.fillna(runs["metrics.main_score"]))
     rows: dict[str, dict[str, Cell]] = {}
     for method, by_method in runs.groupby("params.method", sort=False):
         cells = {t: Cell(by_method.loc[by_method["params.task"] == t, "metrics.main_score"].tolist()) for t in tasks}
         for group in group_order:
             members = [t for t in tasks if groups[t] == group]
-            per_seed = by_method[by_method["params.task"].isin(members)].groupby("params.seed")["metrics.main_score"]
+            per_seed = by_method[by_method["params.task"].isin(members)].groupby("params.seed")["family_score"]
             complete = [scores.mean() for _, scores in per_seed if len(scores) == len(members)]
             cells[f"{group}_avg"] = Cell(complete)
         for name in diagnostics:

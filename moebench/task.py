@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
+from moebench.errors import UsageError
 
 DATA_DIR_ENV = "MOEBENCH_DATA_DIR"
 
@@ -23,27 +23,43 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 
 class Task(Protocol):
     name: str
-    group: str
+    group: str  # family: "glue", "superglue", "qa", "ner"; --tasks GROUP runs its members
     description: str
     auto_class: str  # e.g. "AutoModelForSequenceClassification"
     main_metric: str
     higher_is_better: ClassVar[bool]
     eval_splits: dict[str, str]  # metric-name suffix -> split ("" -> "validation" for most tasks)
+    # Metrics whose mean is this task's share of its family average (default: main_metric).
+    family_metrics: tuple[str, ...]
 
     def head_kwargs(self) -> dict[str, Any]:
         """Extra from_pretrained kwargs for the head (num_labels, problem_type)."""
 
-    def check_data(self, data_dir: str | None) -> None:
-        """Raise UsageError naming what is missing, before any trial starts."""
+    def check_data(self, data_dir: str | None, splits: list[str]) -> None:
+        """Raise UsageError naming what is missing for these split names, before any trial starts."""
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
-        """Examples of one split: from local files when data_dir is set, else from the hub."""
+        """Every example of one named split: from local files when data_dir is set, else the hub."""
 
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
-        """Tokenised features (unpadded) with a `labels` entry each."""
+        """Tokenised features (unpadded): model inputs and the training target (`labels`, or
+        `start_positions`/`end_positions`), plus any metadata `score` needs. One example may
+        give several features (QA windows)."""
 
-    def predictions(self, logits: np.ndarray) -> np.ndarray:
-        """Model outputs of one split -> predictions the metric takes."""
+    def predict(self, output, batch: dict) -> list:
+        """One batch's model output -> one prediction per feature (plain Python values)."""
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
         """The official metric(s) of the task, main_metric among them."""
+
+
+def eval_splits(task: Task, override: str | None) -> dict[str, str]:
+    """The task's evaluation splits, or the one split expression the user gave."""
+    if override is None:
+        return dict(task.eval_splits)
+    if len(task.eval_splits) > 1:
+        raise UsageError(
+            f"task {task.name!r} evaluates on {len(task.eval_splits)} splits ({', '.join(task.eval_splits.values())}); "
+            "--eval-split replaces a single evaluation split"
+        )
+    return {next(iter(task.eval_splits)): override}

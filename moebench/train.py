@@ -20,6 +20,8 @@ from moebench.method import Method
 from moebench.moe.diagnostics import diagnose
 from moebench.moe.upcycle import MoEModel, build_moe_model, load_tokenizer
 from moebench.registry import METHODS, TASKS
+from moebench.splits import Split
+from moebench.task import eval_splits
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
@@ -43,12 +45,40 @@ def subset(examples: list, limit: int | None) -> list:
     return [examples[i] for i in sorted(order)]
 
 
+# Feature keys the model takes; anything else on a feature (offsets, example ids) is metadata
+# the task's scoring reads back.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
+def pad_value(key: str, tokenizer) -> int:
+    return {"input_ids": tokenizer.pad_token_id or 0, "labels": -100}.get(key, 0)
+
+
+def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
+    """Model inputs of a batch: token sequences right-padded to the longest (also inside the
+    choices of a multiple-choice feature), token labels padded with -100 (ignored by the loss)."""
+    batch = {}
+    for key in MODEL_INPUTS:
+        if key not in features[0]:
+            continue
+        values = [f[key] for f in features]
+        if not isinstance(values[0], (list, tuple)):
+            batch[key] = torch.tensor(values)
+            continue
+        choices = isinstance(values[0][0], (list, tuple))  # (choices, tokens) per feature
+        sequences = [s for value in values for s in value] if choices else values
+        width, fill = max(len(s) for s in sequences), pad_value(key, tokenizer)
+        padded = torch.tensor([list(s) + [fill] * (width - len(s)) for s in sequences])
+        batch[key] = padded.reshape(len(values), -1, width) if choices else padded
+    return batch
+
+
 def batches(features: list[dict], batch_size: int, tokenizer, generator: torch.Generator | None = None):
-    order = torch.randperm(len(features), generator=generator).tolist() if generator else range(len(features))
-    order = list(order)
+    """(model inputs, the features they came from), in a seeded shuffle or in order."""
+    order = torch.randperm(len(features), generator=generator).tolist() if generator else list(range(len(features)))
     for start in range(0, len(order), batch_size):
         chunk = [features[i] for i in order[start : start + batch_size]]
-        yield tokenizer.pad(chunk, return_tensors="pt")
+        yield collate(chunk, tokenizer), chunk
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -92,16 +122,29 @@ def train_step(model: MoEModel, method: Method, optimizer: torch.optim.Optimizer
 
 
 @torch.no_grad()
-def evaluate(model: MoEModel, task, features: list[dict], batch_size: int, tokenizer, device) -> dict[str, float]:
+def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], batch_size: int, tokenizer, device) -> dict[str, float]:
+    """The task's official metrics: it turns each batch's output into per-feature predictions,
+    then scores them against its examples (QA maps windows back to answers, NER tokens to words)."""
     model.eval()
-    logits, labels = [], []
-    for batch in batches(features, batch_size, tokenizer):
+    predictions: list = []
+    for batch, _ in batches(features, batch_size, tokenizer):
         batch = {k: v.to(device) for k, v in batch.items()}
         output, _ = model(**batch)
-        logits.append(output.logits.float().cpu().numpy())
-        labels.append(batch["labels"].cpu().numpy())
+        predictions.extend(task.predict(output, batch))
     model.train()
-    return task.compute_metrics(task.predictions(np.concatenate(logits)), np.concatenate(labels))
+    return task.score(predictions, features, examples)
+
+
+def family_score(task, metrics: dict[str, float]) -> float:
+    """The task's share of its family average, by the family's convention (e.g. SuperGLUE's CB
+    counts the mean of accuracy and macro-F1)."""
+    names = getattr(task, "family_metrics", ()) or (task.main_metric,)
+    return float(np.mean([metrics[name] for name in names]))
+
+
+def load_split(task, expression: str, data_dir: str | None, limit: int | None) -> list[dict]:
+    split = Split.parse(expression)
+    return subset(split.select(task.load(split.name, data_dir)), limit)
 
 
 def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progress: bool = True) -> dict[str, float]:
@@ -112,14 +155,15 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     seed_everything(trial.seed)
 
     tokenizer = load_tokenizer(trial.model)
-    train_features = task.encode(subset(task.load("train", trial.data_dir), cfg.max_train_samples), tokenizer, cfg.max_seq_length)
-    eval_features = {
-        suffix: task.encode(subset(task.load(split, trial.data_dir), cfg.max_eval_samples), tokenizer, cfg.max_seq_length)
-        for suffix, split in task.eval_splits.items()
-    }
+    train_features = task.encode(load_split(task, cfg.train_split, trial.data_dir, cfg.max_train_samples), tokenizer, cfg.max_seq_length)
+    eval_sets = {}
+    for suffix, expression in eval_splits(task, cfg.eval_split).items():
+        examples = load_split(task, expression, trial.data_dir, cfg.max_eval_samples)
+        eval_sets[suffix] = (task.encode(examples, tokenizer, cfg.max_seq_length), examples)
 
-    first_eval = next(iter(eval_features.values()))
-    probe = {k: v.to(device) for k, v in tokenizer.pad(first_eval[:PROBE_SIZE], return_tensors="pt").items()}
+    first_eval = next(iter(eval_sets.values()))[0]
+    probe = collate(first_eval[:PROBE_SIZE], tokenizer)
+    probe = {k: v.to(device) for k, v in probe.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     model = build_moe_model(trial.model, task.auto_class, trial.moe, **task.head_kwargs()).to(device)
     method: Method = method_cls(method_cls.Params(**trial.method_params))
@@ -135,7 +179,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     bar = tqdm(total=total_steps, desc=f"{trial.method}/{trial.task}/seed{trial.seed}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
-        for batch in batches(train_features, cfg.batch_size, tokenizer, order):
+        for batch, _ in batches(train_features, cfg.batch_size, tokenizer, order):
             losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm)
             scheduler.step()
             if not all(math.isfinite(v) for v in losses.values()):
@@ -145,10 +189,11 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
         metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
-        for suffix, features in eval_features.items():
-            scores = evaluate(model, task, features, cfg.batch_size, tokenizer, device)
+        for suffix, (features, examples) in eval_sets.items():
+            scores = evaluate(model, task, features, examples, cfg.batch_size, tokenizer, device)
             metrics.update({f"eval/{k}{suffix}": v for k, v in scores.items()})
         metrics["eval/main_score"] = metrics[f"eval/{task.main_metric}"]
+        metrics["eval/family_score"] = family_score(task, {k.removeprefix("eval/"): v for k, v in metrics.items()})
         metrics.update({f"eval/{k}": v for k, v in diagnose(model, probe).items()})
         metrics["epoch"] = epoch
         history.append(metrics)

@@ -17,6 +17,7 @@ import numpy as np
 
 from moebench.errors import UsageError
 from moebench.tasks import metrics
+from moebench.tasks.classification import SequenceClassification, encode_texts
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -38,7 +39,7 @@ def correlations(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class GlueTask:
+class GlueTask(SequenceClassification):
     name: str
     description: str
     hub_config: str
@@ -52,6 +53,8 @@ class GlueTask:
     metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]]
     main_metric: str
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
+    # The GLUE benchmark score averages a task's two metrics where it reports two.
+    family_metrics: tuple[str, ...] = ()
     group: str = "glue"
     auto_class: str = "AutoModelForSequenceClassification"
     higher_is_better: ClassVar[bool] = True
@@ -69,21 +72,21 @@ class GlueTask:
     def local_path(self, data_dir: str, split: str) -> str:
         return os.path.join(data_dir, "glue", self.local_dir, self.local_files[split])
 
-    def needed_splits(self) -> list[str]:
-        return ["train", *self.eval_splits.values()]
-
-    def check_data(self, data_dir: str | None) -> None:
+    def check_data(self, data_dir: str | None, splits: list[str]) -> None:
+        unknown = [s for s in splits if s not in self.local_files]
+        if unknown:
+            raise UsageError(f"task {self.name!r} has no split {unknown[0]!r}; its splits: {', '.join(self.local_files)}")
         if data_dir is None:
             # Fetch once in the driver: a hub failure is a usage error before any trial starts,
             # and parallel trials then read the local `datasets` cache.
-            for split in self.needed_splits():
+            for split in splits:
                 self._load_hub(split)
             return
-        missing = [self.local_path(data_dir, s) for s in self.needed_splits() if not os.path.isfile(self.local_path(data_dir, s))]
+        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
         if missing:
             raise UsageError(
                 f"task {self.name!r}: no local data at {', '.join(missing)} "
-                f"(--data-dir expects glue/{self.local_dir}/{{{','.join(self.local_files[s] for s in self.needed_splits())}}})"
+                f"(--data-dir expects glue/{self.local_dir}/{{{','.join(self.local_files[s] for s in splits)}}})"
             )
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
@@ -128,31 +131,21 @@ class GlueTask:
         rows = load_hub_split(HUB_DATASET, self.hub_config, split, self.name, f"glue/{self.local_dir}/")
         return [{"texts": [r[k] for k in self.hub_text_fields], "label": r["label"]} for r in rows]
 
-    # ---- encoding and scoring -----------------------------------------------------------
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
-        columns = list(zip(*(e["texts"] for e in examples)))
-        encoded = tokenizer(*columns, truncation=True, max_length=max_length)
-        features = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
-        for feature, example in zip(features, examples):
-            feature["labels"] = example["label"]
-        return features
-
-    def predictions(self, logits: np.ndarray) -> np.ndarray:
-        return logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
-
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return self.metric_fn(predictions, labels)
+        return encode_texts(examples, tokenizer, max_length)
 
 
-def load_hub_split(dataset: str, config: str, split: str, task_name: str, local_hint: str) -> list[dict[str, Any]]:
-    """Load one split with `datasets`; when the hub is unreachable, say so and name --data-dir."""
+def load_hub_split(dataset: str, config: str | None, split: str, task_name: str, local_hint: str) -> list[dict[str, Any]]:
+    """Load one split with `datasets` (config None: the dataset's only one); when the hub is
+    unreachable, say so and name --data-dir."""
     import datasets
 
+    source = dataset if config is None else f"{dataset}/{config}"
     try:
         return list(datasets.load_dataset(dataset, config, split=split))
     except Exception as error:  # datasets raises many types for "no network"; all mean the same here
         raise UsageError(
-            f"task {task_name!r}: could not load {dataset}/{config} [{split}] from the Hugging Face Hub "
+            f"task {task_name!r}: could not load {source} [{split}] from the Hugging Face Hub "
             f"({type(error).__name__}); is the hub reachable? Otherwise pass --data-dir ROOT with "
             f"{local_hint} in the original format (or set $MOEBENCH_DATA_DIR)"
         ) from None
@@ -174,24 +167,24 @@ SST2 = GlueTask(
 MRPC = GlueTask(
     "mrpc", "MRPC: paraphrase detection (F1/acc)", "mrpc", "MRPC",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("#1 String", "#2 String"), "Quality", _PAIR,
-    ("not_equivalent", "equivalent"), f1_and_accuracy, "f1",
+    ("not_equivalent", "equivalent"), f1_and_accuracy, "f1", family_metrics=("f1", "accuracy"),
 )
 STSB = GlueTask(
     "stsb", "STS-B: semantic similarity regression (Pearson/Spearman)", "stsb", "STS-B",
     {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "score", _PAIR,
-    (), correlations, "spearman",
+    (), correlations, "spearman", family_metrics=("pearson", "spearman"),
 )
 QQP = GlueTask(
     "qqp", "QQP: duplicate Quora questions (F1/acc)", "qqp", "QQP",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("question1", "question2"), "is_duplicate",
-    ("question1", "question2"), ("not_duplicate", "duplicate"), f1_and_accuracy, "f1",
+    ("question1", "question2"), ("not_duplicate", "duplicate"), f1_and_accuracy, "f1", family_metrics=("f1", "accuracy"),
 )
 MNLI = GlueTask(
     "mnli", "MNLI: 3-way entailment (matched/mismatched acc)", "mnli", "MNLI",
     {"train": "train.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
     _PAIR, "gold_label", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
     classification_metrics, "accuracy_m",
-    eval_splits={"_m": "validation_matched", "_mm": "validation_mismatched"},
+    eval_splits={"_m": "validation_matched", "_mm": "validation_mismatched"}, family_metrics=("accuracy_m", "accuracy_mm"),
 )
 QNLI = GlueTask(
     "qnli", "QNLI: does the sentence answer the question (acc)", "qnli", "QNLI",

@@ -1,5 +1,7 @@
-import numpy as np
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from moebench.config import expand_tasks
 from moebench.errors import UsageError
@@ -15,7 +17,7 @@ LOCAL_SIZES = {
 @pytest.mark.parametrize("name", sorted(LOCAL_SIZES))
 def test_local_glue_files_load_completely(data_dir, name):
     task = TASKS.get(name)
-    task.check_data(data_dir)
+    task.check_data(data_dir, ["train", "validation"])
     train, dev = task.load("train", data_dir), task.load("validation", data_dir)
     assert (len(train), len(dev)) == LOCAL_SIZES[name]
     labels = {e["label"] for e in dev}
@@ -40,7 +42,12 @@ def test_glue_group_expands_to_nine_tasks():
 
 def test_missing_local_files_name_the_path(tmp_path):
     with pytest.raises(UsageError, match=r"glue/QQP/train.tsv"):
-        TASKS.get("qqp").check_data(str(tmp_path))
+        TASKS.get("qqp").check_data(str(tmp_path), ["train", "validation"])
+
+
+def test_unknown_split_names_the_valid_ones(tmp_path):
+    with pytest.raises(UsageError, match=r"no split 'test'.*train, validation"):
+        TASKS.get("rte").check_data(str(tmp_path), ["test"])
 
 
 def test_malformed_rows_are_counted_not_misread(tmp_path, capsys):
@@ -62,5 +69,15 @@ def test_mnli_reports_matched_and_mismatched():
 
 def test_metric_and_prediction_shapes():
     stsb, mrpc = TASKS.get("stsb"), TASKS.get("mrpc")
-    assert stsb.predictions(np.array([[0.5], [2.0]])).tolist() == [0.5, 2.0]
-    assert set(mrpc.compute_metrics(np.array([1, 0]), np.array([1, 1]))) == {"f1", "accuracy"}
+    assert stsb.predict(SimpleNamespace(logits=torch.tensor([[0.5], [2.0]])), {}) == [0.5, 2.0]
+    assert mrpc.predict(SimpleNamespace(logits=torch.tensor([[0.1, 0.9], [2.0, 0.0]])), {}) == [1, 0]
+    scores = mrpc.score([1, 0], [{"labels": 1}, {"labels": 1}], None)
+    assert scores == {"f1": 2 / 3, "accuracy": 0.5}
+
+
+def test_glue_family_score_averages_two_metric_tasks():
+    from moebench.train import family_score
+
+    assert family_score(TASKS.get("mrpc"), {"f1": 0.8, "accuracy": 0.6}) == pytest.approx(0.7)
+    assert family_score(TASKS.get("stsb"), {"pearson": 0.5, "spearman": 0.7}) == pytest.approx(0.6)
+    assert family_score(TASKS.get("rte"), {"accuracy": 0.55}) == pytest.approx(0.55)

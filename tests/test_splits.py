@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from moebench.errors import UsageError
+from moebench.splits import Split
+from moebench.train import collate
+
+
+def test_split_expressions_follow_datasets_slicing():
+    rows = list(range(10))
+    assert Split.parse("validation").select(rows) == rows
+    assert Split.parse("validation[:50%]").select(rows) == [0, 1, 2, 3, 4]
+    assert Split.parse("validation[50%:]").select(rows) == [5, 6, 7, 8, 9]
+    assert Split.parse("train[2:4]").select(rows) == [2, 3]
+    assert Split.parse("train[-3:]").select(rows) == [7, 8, 9]
+    # "closest" rounding, as datasets: 33% of 10 rows is 3.3 -> 3, 35% -> 3.5 -> 4 (round half even)
+    assert Split.parse("train[:33%]").bounds(10) == (0, 3)
+    assert Split.parse("train[:35%]").bounds(10) == (0, 4)
+    assert str(Split.parse("validation[50%:]")) == "validation[50%:]"
+
+
+def test_halves_are_disjoint_and_cover_the_split():
+    first, second = Split.parse("validation[:50%]"), Split.parse("validation[50%:]")
+    for size in (7, 56, 101):
+        assert not first.overlaps(second, size)
+        assert len(first.select(list(range(size)))) + len(second.select(list(range(size)))) == size
+    assert Split.parse("validation[:60%]").overlaps(second, 10)
+    assert not Split.parse("train").overlaps(second, 10)
+
+
+@pytest.mark.parametrize("bad", ["validation[:50]]", "val idation", "train[a:b]", "train[:50%"])
+def test_bad_split_expression_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="not a split expression"):
+        Split.parse(bad)
+
+
+class Pad:
+    pad_token_id = 7
+
+
+def test_collate_pads_tokens_labels_and_choices():
+    features = [
+        {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [0, 4, -100], "word_ids": [0, 1]},
+        {"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [0, 5]},
+    ]
+    batch = collate(features, Pad())
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}  # metadata stays on the features
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 2, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[0, 4, -100], [0, 5, -100]]
+
+    choices = [{"input_ids": [[1, 2], [1, 2, 3]], "labels": 1}, {"input_ids": [[4], [5, 6]], "labels": 0}]
+    batch = collate(choices, Pad())
+    assert batch["input_ids"].shape == (2, 2, 3)
+    assert batch["input_ids"][1].tolist() == [[4, 7, 7], [5, 6, 7]]
+    assert torch.equal(batch["labels"], torch.tensor([1, 0]))
