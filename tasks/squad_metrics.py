@@ -1,0 +1,40 @@
+"""Answer-string metrics of the official SQuAD evaluation scripts (evaluate-v1.1.py and
+evaluate-v2.0.py), also used by SuperGLUE's ReCoRD: answers are compared after lower-casing
+and removing punctuation, the articles a/an/the and extra whitespace; exact match and token
+F1 take the maximum over the gold answers."""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Token-overlap F1; when either side normalises to nothing, 1 if both do, else 0 (the 2.0
+    script's rule; the 1.1 script gives 0 there, which differs only for a gold answer made
+    entirely of articles and punctuation)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_golds(metric, prediction: str, golds: list[str]) -> float:
+    """The official max over gold answers; an unanswerable question's gold is the empty string."""
+    return max(metric(prediction, gold) for gold in (golds or [""]))

@@ -1,0 +1,328 @@
+"""SuperGLUE (Wang et al., 2019): eight harder language-understanding tasks.
+
+Local files are the official jsonl (`<data_dir>/superglue/<Task>/{train,val}.jsonl`); the hub
+path loads `aps/super_glue`. Each task turns a jsonl line or a hub row into one or more
+examples of the same form, so both sources train and score alike. Scoring follows the
+SuperGLUE paper: CB reports accuracy and macro-F1, MultiRC F1 over all answers (F1a) and
+exact match per question, ReCoRD token F1 and exact match of the best-scored entity; a task
+with two metrics counts their mean in the SuperGLUE average.
+
+How each input is presented to an encoder (the paper's BERT baselines did the same in spirit):
+WiC and WSC mark their spans in the text (WiC: the word in both sentences between `*`; WSC:
+the noun phrase between `*`, the pronoun between `#`); COPA scores (premise, "because/so" +
+choice) for both choices with a multiple-choice head; MultiRC classifies each (paragraph,
+question + answer); ReCoRD classifies each (passage, query with the candidate entity in place
+of @placeholder) and predicts the highest-scored entity of each query.
+"""
+from __future__ import annotations
+
+import json
+import os
+import string
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from moebench.errors import UsageError
+from moebench.tasks import metrics
+from moebench.tasks.classification import SequenceClassification, encode_texts
+from moebench.tasks.glue import load_hub_split
+from moebench.tasks.squad_metrics import best_over_golds, exact_match, token_f1
+
+HUB_DATASET = "aps/super_glue"
+LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}  # test labels are hidden
+
+
+class Malformed(ValueError):
+    """A jsonl record that cannot be read as the task expects (reported with file and line)."""
+
+
+def label_id(value: Any, names: tuple[str, ...]) -> int:
+    """Local jsonl labels are booleans, label names or ids; hub labels are ids."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        if value not in names:
+            raise Malformed(f"label {value!r} not in {names}")
+        return names.index(value)
+    if isinstance(value, int) and 0 <= value < len(names):
+        return value
+    raise Malformed(f"label {value!r} not in {names}")
+
+
+# ---- one record -> examples ------------------------------------------------------------------
+def boolq(row: dict) -> list[dict]:
+    return [{"texts": [row["question"], row["passage"]], "label": label_id(row["label"], ("False", "True"))}]
+
+
+def premise_hypothesis(names: tuple[str, ...]) -> Callable[[dict], list[dict]]:
+    return lambda row: [{"texts": [row["premise"], row["hypothesis"]], "label": label_id(row["label"], names)}]
+
+
+def mark(text: str, start: int, end: int, marker: str) -> str:
+    return f"{text[:start]}{marker} {text[start:end]} {marker}{text[end:]}"
+
+
+def wic(row: dict) -> list[dict]:
+    texts = []
+    for k in ("1", "2"):
+        sentence, start, end = row[f"sentence{k}"], row[f"start{k}"], row[f"end{k}"]
+        if not 0 <= start < end <= len(sentence):
+            raise Malformed(f"word span [{start}, {end}) outside sentence{k} of {len(sentence)} characters")
+        texts.append(mark(sentence, start, end, "*"))
+    return [{"texts": texts, "label": label_id(row["label"], ("False", "True"))}]
+
+
+def find_span(words: list[str], index: int, span_text: str) -> int | None:
+    """Word index of `span_text`: the given one when it matches, else the nearest match (the
+    original WSC data has a few off-by-one indices; the hub's `wsc.fixed` repairs them too)."""
+    target = [w.strip(string.punctuation).lower() for w in span_text.split()]
+
+    def matches(i: int) -> bool:
+        return [w.strip(string.punctuation).lower() for w in words[i : i + len(target)]] == target
+
+    candidates = sorted(range(len(words)), key=lambda i: abs(i - index))
+    return next((i for i in candidates if matches(i)), None)
+
+
+def wsc(row: dict, repairs: dict[str, int]) -> list[dict]:
+    target = row.get("target", row)  # jsonl nests the spans under "target"; the hub flattens them
+    words = row["text"].split()
+    spans = []
+    for k, marker in (("1", "*"), ("2", "#")):
+        given, span_text = target[f"span{k}_index"], target[f"span{k}_text"]
+        index = find_span(words, given, span_text)
+        if index is None:
+            raise Malformed(f"span{k}_text {span_text!r} not found in the text")
+        repairs["span indices repaired"] += index != given
+        spans.append((index, index + len(span_text.split()), marker))
+    for start, end, marker in sorted(spans, reverse=True):  # right to left keeps indices valid
+        words[start:end] = [marker, *words[start:end], marker]
+    return [{"texts": [" ".join(words)], "label": label_id(row["label"], ("False", "True"))}]
+
+
+def copa(row: dict) -> list[dict]:
+    connector = {"cause": "because", "effect": "so"}[row["question"]]
+    choices = [f"{connector} {row[c][0].lower()}{row[c][1:]}" for c in ("choice1", "choice2")]
+    return [{"texts": [[row["premise"], choice] for choice in choices], "label": label_id(row["label"], ("0", "1"))}]
+
+
+def multirc_local(row: dict) -> list[dict]:
+    passage = row["passage"]
+    return [
+        {"texts": [passage["text"], f"{q['question']} {a['text']}"], "label": label_id(a["label"], ("False", "True")),
+         "question_id": (row["idx"], q["idx"])}
+        for q in passage["questions"] for a in q["answers"]
+    ]
+
+
+def multirc_hub(row: dict) -> list[dict]:
+    return [{"texts": [row["paragraph"], f"{row['question']} {row['answer']}"], "label": row["label"],
+             "question_id": (row["idx"]["paragraph"], row["idx"]["question"])}]
+
+
+def record_local(row: dict) -> list[dict]:
+    text = row["passage"]["text"]
+    # Entity spans are inclusive of their last character in the official files.
+    entities = list(dict.fromkeys(text[e["start"] : e["end"] + 1] for e in row["passage"]["entities"]))
+    examples = []
+    for qa in row["qas"]:
+        for answer in qa.get("answers", []):
+            if text[answer["start"] : answer["end"] + 1] != answer["text"]:
+                raise Malformed(f"answer {answer['text']!r} does not match the passage at [{answer['start']}, {answer['end']}]")
+        answers = list(dict.fromkeys(a["text"] for a in qa.get("answers", [])))
+        examples.append({"passage": text, "query": qa["query"], "entities": entities, "answers": answers})
+    return examples
+
+
+def record_hub(row: dict) -> list[dict]:
+    return [{"passage": row["passage"], "query": row["query"], "entities": list(dict.fromkeys(row["entities"])),
+             "answers": list(dict.fromkeys(row["answers"]))}]
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"accuracy": metrics.accuracy(pred, gold)}
+
+
+def accuracy_and_macro_f1(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    return {"accuracy": metrics.accuracy(pred, gold), "f1": metrics.macro_f1(pred, gold, num_labels=3)}
+
+
+def multirc_metrics(pred: np.ndarray, gold: np.ndarray, question_ids: list) -> dict[str, float]:
+    """F1a: binary F1 over every answer option; EM: share of questions with all options right."""
+    correct_by_question: dict[Any, bool] = defaultdict(lambda: True)
+    for p, g, q in zip(pred, gold, question_ids):
+        correct_by_question[q] &= bool(p == g)
+    return {"f1a": metrics.binary_f1(pred, gold), "exact_match": float(np.mean(list(correct_by_question.values())))}
+
+
+def record_metrics(predicted: list[str], answers: list[list[str]]) -> dict[str, float]:
+    """Max over gold answers of SQuAD-normalised exact match and token F1, averaged over queries."""
+    em = [best_over_golds(exact_match, p, golds) for p, golds in zip(predicted, answers)]
+    f1 = [best_over_golds(token_f1, p, golds) for p, golds in zip(predicted, answers)]
+    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
+
+
+# ---- tasks -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuperGlueTask(SequenceClassification):
+    name: str
+    description: str
+    local_dir: str  # folder under <data_dir>/superglue/
+    hub_config: str
+    from_local: Callable[..., list[dict]]  # one jsonl record -> examples
+    from_hub: Callable[..., list[dict]]  # one hub row -> examples
+    num_labels: int
+    metric_fn: Callable[..., dict[str, float]]
+    main_metric: str
+    family_metrics: tuple[str, ...] = ()
+    eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
+    group: str = "superglue"
+    auto_class: str = "AutoModelForSequenceClassification"
+    higher_is_better: ClassVar[bool] = True
+
+    def head_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": self.num_labels, "problem_type": "single_label_classification"}
+
+    def local_path(self, data_dir: str, split: str) -> str:
+        return os.path.join(data_dir, "superglue", self.local_dir, LOCAL_FILES[split])
+
+    def check_data(self, data_dir: str | None, splits: list[str]) -> None:
+        unknown = [s for s in splits if s not in LOCAL_FILES]
+        if unknown:
+            raise UsageError(f"task {self.name!r} has no labelled split {unknown[0]!r}; its splits: {', '.join(LOCAL_FILES)}")
+        if data_dir is None:
+            for split in splits:  # fetched once in the driver; trials read the `datasets` cache
+                self.load(split, None)
+            return
+        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
+        if missing:
+            hint = " (only val.jsonl exists? train on part of it: --train-split 'validation[:50%]' --eval-split 'validation[50%:]')"
+            raise UsageError(f"task {self.name!r}: no local data at {', '.join(missing)}"
+                             + (hint if splits[0] == "train" and len(missing) == 1 and "train" in missing[0] else ""))
+
+    def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
+        repairs: dict[str, int] = defaultdict(int)
+        convert = self.from_local if data_dir is not None else self.from_hub
+        if convert is wsc:
+            convert = lambda row: wsc(row, repairs)  # noqa: E731 (the counter is per load)
+        if data_dir is None:
+            rows = load_hub_split(HUB_DATASET, self.hub_config, split, self.name, f"superglue/{self.local_dir}/")
+            examples = [e for row in rows for e in convert(row)]
+        else:
+            examples = read_jsonl(self.local_path(data_dir, split), convert)
+        for what, count in repairs.items():
+            if count:
+                print(f"moebench: {self.name} [{split}]: {count} {what}", file=sys.stderr)
+        return examples
+
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        return encode_texts(examples, tokenizer, max_length)
+
+
+def read_jsonl(path: str, convert: Callable[[dict], list[dict]]) -> list[dict]:
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                examples.extend(convert(json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}, line {line_number}: not a JSON record ({error.msg})") from None
+            except KeyError as error:
+                raise UsageError(f"{path}, line {line_number}: record has no field {error}") from None
+            except Malformed as error:
+                raise UsageError(f"{path}, line {line_number}: {error}") from None
+    return examples
+
+
+@dataclass(frozen=True)
+class MultipleChoiceTask(SuperGlueTask):
+    """COPA: each example's `texts` holds one (premise, choice) pair per choice."""
+
+    auto_class: str = "AutoModelForMultipleChoice"
+
+    def head_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        features = []
+        for example in examples:
+            firsts, seconds = zip(*example["texts"])
+            encoded = tokenizer(list(firsts), list(seconds), truncation=True, max_length=max_length)
+            features.append({**{k: list(v) for k, v in encoded.items()}, "labels": example["label"]})
+        return features
+
+
+@dataclass(frozen=True)
+class MultiRCTask(SuperGlueTask):
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        features = encode_texts(examples, tokenizer, max_length)
+        for feature, example in zip(features, examples):
+            feature["question_id"] = example["question_id"]
+        return features
+
+    def score(self, predictions: list, features: list[dict], examples) -> dict[str, float]:
+        gold = np.asarray([f["labels"] for f in features])
+        return multirc_metrics(np.asarray(predictions), gold, [f["question_id"] for f in features])
+
+
+@dataclass(frozen=True)
+class ReCoRDTask(SuperGlueTask):
+    """Each (query, candidate entity) is a binary example; a query predicts its best entity."""
+
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        pairs, metadata = [], []
+        for index, example in enumerate(examples):
+            for entity in example["entities"]:
+                pairs.append((example["passage"], example["query"].replace("@placeholder", entity)))
+                metadata.append({"labels": int(entity in example["answers"]), "example_index": index, "candidate": entity})
+        if not pairs:
+            return []
+        passages, queries = zip(*pairs)
+        # The passage is long and the query short: cut the passage, keep the whole query.
+        encoded = tokenizer(list(passages), list(queries), truncation="only_first", max_length=max_length)
+        features = [dict(zip(encoded.keys(), values)) for values in zip(*encoded.values())]
+        return [{**feature, **extra} for feature, extra in zip(features, metadata)]
+
+    def predict(self, output, batch) -> list:
+        logits = output.logits.float()
+        return (logits[:, 1] - logits[:, 0]).tolist()  # how strongly each candidate is the answer
+
+    def score(self, predictions: list, features: list[dict], examples: list[dict]) -> dict[str, float]:
+        best: dict[int, tuple[float, str]] = {}
+        for value, feature in zip(predictions, features):
+            owner = feature["example_index"]
+            if owner not in best or value > best[owner][0]:
+                best[owner] = (value, feature["candidate"])
+        # A query without candidate entities cannot be answered: it counts as wrong.
+        predicted = [best[i][1] if i in best else "" for i in range(len(examples))]
+        return record_metrics(predicted, [e["answers"] for e in examples])
+
+
+_BOOL = 2
+_NLI3 = ("entailment", "contradiction", "neutral")  # hub label order
+_NLI2 = ("entailment", "not_entailment")
+
+BOOLQ = SuperGlueTask("boolq", "BoolQ: yes/no questions about a passage (acc)", "BoolQ", "boolq",
+                      boolq, boolq, _BOOL, accuracy, "accuracy")
+CB = SuperGlueTask("cb", "CommitmentBank: 3-way entailment (acc and macro-F1)", "CB", "cb",
+                   premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, accuracy_and_macro_f1, "f1",
+                   family_metrics=("accuracy", "f1"))
+COPA = MultipleChoiceTask("copa", "COPA: choice of plausible alternatives, cause or effect (acc)", "COPA", "copa",
+                          copa, copa, 2, accuracy, "accuracy")
+MULTIRC = MultiRCTask("multirc", "MultiRC: multi-answer reading comprehension (F1a and EM)", "MultiRC", "multirc",
+                      multirc_local, multirc_hub, _BOOL, multirc_metrics, "f1a", family_metrics=("f1a", "exact_match"))
+RECORD = ReCoRDTask("record", "ReCoRD: cloze-style entity prediction over news (F1 and EM)", "ReCoRD", "record",
+                    record_local, record_hub, _BOOL, record_metrics, "f1", family_metrics=("f1", "exact_match"))
+RTE = SuperGlueTask("superglue_rte", "RTE (SuperGLUE copy): textual entailment (acc)", "RTE", "rte",
+                    premise_hypothesis(_NLI2), premise_hypothesis(_NLI2), 2, accuracy, "accuracy")
+WIC = SuperGlueTask("wic", "WiC: same sense of a word in two sentences (acc)", "WiC", "wic",
+                    wic, wic, _BOOL, accuracy, "accuracy")
+WSC = SuperGlueTask("wsc", "WSC: does the pronoun refer to the noun phrase (acc)", "WSC", "wsc.fixed",
+                    wsc, wsc, _BOOL, accuracy, "accuracy")
