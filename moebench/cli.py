@@ -253,7 +253,7 @@ def command_list(args: argparse.Namespace) -> int:
     for group, members in task_groups().items():
         print(f"{group}  (--tasks {group} runs: {', '.join(members)})")
         for name in members:
-            print(f"  {name:<10} {TASKS.get(name).description}")
+            print(f"  {name:<14} {TASKS.get(name).description}")
     print("all  (--tasks all runs every task above)")
     return 0
 
@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moebench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `moebench list tasks | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

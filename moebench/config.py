@@ -178,11 +178,15 @@ def expand_tasks(names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+FAMILY_ORDER = ("glue", "superglue", "qa", "ner")  # plugin families follow, by name
+
+
 def task_groups() -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name, task in TASKS.items():
         groups.setdefault(task.group, []).append(name)
-    return groups
+    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    return {g: groups[g] for g in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))}
 
 
 def check_methods(names: list[str]) -> tuple[str, ...]:

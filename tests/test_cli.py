@@ -22,6 +22,13 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--methods", "vanilla", "--tasks", "qqp"], "no local data at"),
         (["--methods", "vanilla", "--tasks", "rte", "--model", "./no/such/model"], "'./no/such/model' does not exist"),
         (["--methods", "load_balancing", "--tasks", "rte", "--set", "load_balancing.alpha=1"], "valid: aux_coef, z_loss_coef"),
+        # a task named on its own must have its data; only group members are skipped
+        (["--methods", "vanilla", "--tasks", "record"], "task 'record': no local data at"),
+        (["--methods", "vanilla", "--tasks", "boolq"], "--train-split 'validation[:50%]'"),
+        (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:60%]", "--eval-split", "validation[50%:]"],
+         "overlap"),
+        (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:half]"], "not a split expression"),
+        (["--methods", "vanilla", "--tasks", "mnli", "--eval-split", "validation"], "--eval-split replaces a single"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_dir, args, expected):
@@ -44,6 +51,18 @@ def test_list_shows_methods_tasks_and_groups():
     assert methods.returncode == 0 and "load_balancing" in methods.stdout and "vanilla" in methods.stdout
     tasks = run_cli("list", "tasks").stdout
     assert "glue  (--tasks glue runs: cola, mnli, mrpc, qnli, qqp, rte, sst2, stsb, wnli)" in tasks
+    families = [line.split()[0] for line in tasks.splitlines() if not line.startswith(" ")]
+    assert families == ["glue", "superglue", "qa", "ner", "all"]
+    assert "superglue  (--tasks superglue runs: boolq, cb, copa, multirc, record, superglue_rte, wic, wsc)" in tasks
+    assert "qa  (--tasks qa runs: squad, squad_v2)" in tasks and "ner  (--tasks ner runs: conll2003)" in tasks
+
+
+def test_all_expands_to_every_family_in_order():
+    from moebench.config import expand_tasks
+
+    everything = expand_tasks(["all"])
+    assert len(everything) == 9 + 8 + 2 + 1
+    assert everything[0] == "cola" and everything[9] == "boolq" and everything[-3:] == ("squad", "squad_v2", "conll2003")
 
 
 def test_leaderboard_without_a_store_is_a_usage_error(tmp_path, capsys):

@@ -1,0 +1,193 @@
+"""CoNLL-2003 English named-entity recognition (Tjong Kim Sang & De Meulder, 2003).
+
+Local files use the shared task's column format under `<data_dir>/conll2003/`:
+`{train,valid,test}.txt`, one `token POS chunk NER` line per word, a blank line between
+sentences, `-DOCSTART-` lines between documents. The original eng.* files tag in IOB1, most
+redistributed copies (and the hub's `eriktks/conll2003`) in IOB2; both are read, and every
+sentence is converted to IOB2, the scheme the labels below describe.
+
+The model labels the first sub-word of each word; the score is entity-level micro F1 as
+conlleval computes it (via seqeval), over every gold word: words that truncation cut off are
+predicted "O" and counted in `truncated_words`, so a short --max-seq-length shows in the
+numbers instead of silently scoring only what fit.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from moebench.errors import UsageError
+from moebench.tasks.glue import load_hub_split
+
+HUB_DATASET = "eriktks/conll2003"
+# That repository holds a loading script, which `datasets` >= 4 no longer runs; the hub's
+# automatic Parquet conversion of it (same rows and features) loads without one.
+HUB_REVISION = "refs/convert/parquet"
+# Index = label id, in the hub's order, so hub tags and local files share one head.
+LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
+IGNORED = -100  # the label the loss skips (not a first sub-word, special tokens, padding)
+COLUMNS = 4  # token, POS, chunk, NER
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """IOB1 (I-X opens a chunk unless it follows X) -> IOB2 (every chunk opens with B-X).
+    IOB2 input comes back unchanged: there an I-X always continues an X chunk."""
+    converted = []
+    for i, tag in enumerate(tags):
+        previous = converted[i - 1] if i else "O"
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = "B-" + tag[2:]
+        converted.append(tag)
+    return converted
+
+
+def read_conll(path: str) -> list[dict[str, Any]]:
+    """Sentences of a CoNLL-2003 file as {"tokens", "tags" (IOB2 label ids)}. A malformed line
+    stops the load with its line number: guessing would give a wrong metric without a sign."""
+    examples: list[dict[str, Any]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+
+    def end_sentence() -> None:
+        if tokens:
+            examples.append({"tokens": list(tokens), "tags": [LABEL_IDS[t] for t in to_iob2(tags)]})
+        tokens.clear()
+        tags.clear()
+
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            columns = line.split()
+            if not columns:
+                end_sentence()
+                continue
+            if columns[0] == "-DOCSTART-":
+                end_sentence()
+                continue
+            if len(columns) != COLUMNS:
+                raise UsageError(
+                    f"{path}, line {line_number}: expected {COLUMNS} space-separated columns "
+                    f"(token POS chunk NER), found {len(columns)}: {line.rstrip()!r}"
+                )
+            if columns[-1] not in LABEL_IDS:
+                raise UsageError(f"{path}, line {line_number}: unknown NER tag {columns[-1]!r}; expected one of {', '.join(LABELS)}")
+            tokens.append(columns[0])
+            tags.append(columns[-1])
+    end_sentence()  # the last sentence when the file has no final blank line
+    return examples
+
+
+class CoNLL2003:
+    name = "conll2003"
+    group = "ner"
+    description = "CoNLL-2003: English named entities, PER/ORG/LOC/MISC (entity F1)"
+    auto_class = "AutoModelForTokenClassification"
+    main_metric = "f1"
+    higher_is_better: ClassVar[bool] = True
+    eval_splits = {"": "validation"}
+    family_metrics = ("f1",)
+    local_files = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+
+    def head_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS)), "label2id": dict(LABEL_IDS)}
+
+    # ---- loading ------------------------------------------------------------------------
+    def local_path(self, data_dir: str, split: str) -> str:
+        return os.path.join(data_dir, "conll2003", self.local_files[split])
+
+    def check_data(self, data_dir: str | None, splits: list[str]) -> None:
+        unknown = [s for s in splits if s not in self.local_files]
+        if unknown:
+            raise UsageError(f"task {self.name!r} has no split {unknown[0]!r}; its splits: {', '.join(self.local_files)}")
+        if data_dir is None:
+            # Fetch once in the driver (as GLUE does): parallel trials then read the local cache.
+            for split in splits:
+                self._load_hub(split)
+            return
+        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
+        if missing:
+            raise UsageError(
+                f"task {self.name!r}: no local data at {', '.join(missing)} (--data-dir expects "
+                f"conll2003/{{{','.join(self.local_files[s] for s in splits)}}}, CoNLL columns `token POS chunk NER`)"
+            )
+
+    def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
+        if split not in self.local_files:
+            raise UsageError(f"task {self.name!r} has no split {split!r}; its splits: {', '.join(self.local_files)}")
+        if data_dir is not None:
+            return read_conll(self.local_path(data_dir, split))
+        return self._load_hub(split)
+
+    def _load_hub(self, split: str) -> list[dict[str, Any]]:
+        rows = load_hub_split(HUB_DATASET, "conll2003", split, self.name, "conll2003/", revision=HUB_REVISION)
+        return [
+            {"tokens": list(r["tokens"]), "tags": [LABEL_IDS[t] for t in to_iob2([LABELS[i] for i in r["ner_tags"]])]}
+            for r in rows
+        ]
+
+    # ---- features -----------------------------------------------------------------------
+    def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        """One feature per sentence; the label of each word sits on its first sub-word, the
+        loss ignores the rest (the usual BERT NER recipe, and one prediction per word)."""
+        if not tokenizer.is_fast:
+            raise UsageError(f"task {self.name!r} needs a fast tokenizer (for word_ids); {type(tokenizer).__name__} is not")
+        encoded = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length)
+        features = []
+        for index, example in enumerate(examples):
+            labels, words, previous = [], [], None
+            for word in encoded.word_ids(index):  # word index per token; None for [CLS]/[SEP]
+                if word is not None and word != previous:
+                    labels.append(example["tags"][word])
+                    words.append(word)
+                else:
+                    labels.append(IGNORED)
+                previous = word
+            feature = {key: encoded[key][index] for key in encoded.keys()}
+            # `word_ids` (the word each label belongs to) and `example_index` are scoring
+            # metadata; collate passes only train.MODEL_INPUTS to the model.
+            feature.update(labels=labels, word_ids=words, example_index=index)
+            features.append(feature)
+        return features
+
+    def predict(self, output, batch: dict) -> list:
+        """The argmax label of each word, read at its first sub-word. Those are exactly the
+        positions where encode put a label (the rest, padding included, hold IGNORED)."""
+        predicted = output.logits.argmax(-1)  # (B, T)
+        first_subword = batch["labels"] != IGNORED  # (B, T)
+        return [row[mask].tolist() for row, mask in zip(predicted, first_subword)]
+
+    def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
+        gold, predicted = sentence_tags(predictions, features, examples)
+        metrics = entity_metrics(gold, predicted)
+        metrics["truncated_words"] = sum(len(g) for g in gold) - sum(len(f["word_ids"]) for f in features)
+        return metrics
+
+
+def sentence_tags(predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> tuple[list, list]:
+    """Gold and predicted tag sequences over every word of every sentence; a word with no
+    prediction (cut off by truncation) is predicted "O"."""
+    gold, predicted = [], []
+    for prediction, feature in zip(predictions, features):
+        example = examples[feature["example_index"]]
+        tags = ["O"] * len(example["tokens"])
+        for word, label in zip(feature["word_ids"], prediction):
+            tags[word] = LABELS[label]
+        gold.append([LABELS[t] for t in example["tags"]])
+        predicted.append(tags)
+    return gold, predicted
+
+
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Entity-level micro precision/recall/F1 (an entity counts only with exact span and type)
+    as conlleval computes them, and token accuracy; all in [0, 1]."""
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    return {
+        "precision": float(precision_score(gold, predicted, zero_division=0)),
+        "recall": float(recall_score(gold, predicted, zero_division=0)),
+        "f1": float(f1_score(gold, predicted, zero_division=0)),
+        "accuracy": float(accuracy_score(gold, predicted)),
+    }
+
+
+CONLL2003 = CoNLL2003()
