@@ -97,6 +97,9 @@ def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str]) -> dict[str
     return table.rank(axis=0, ascending=False, method="average").mean(axis=1).to_dict()
 
 
+FAMILY_TITLES = {"superglue": "SuperGLUE"}  # others read well upper-cased: GLUE, QA, NER
+
+
 def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """Finished runs, one per (method, task, seed, configuration): the newest wins."""
     import mlflow
@@ -141,7 +144,7 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     score_columns = tasks + [f"{g}_avg" for g in group_order]
     diagnostics = [name for name in DIAGNOSTIC_COLUMNS if f"metrics.{name}" in runs]
     columns = score_columns + diagnostics
-    titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{g.upper()} avg" for g in group_order}
+    titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{FAMILY_TITLES.get(g, g.upper())} avg" for g in group_order}
     titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
 
     # A task's share of its family average follows the family's convention (runs logged
