@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from moebench.moe.upcycle import MoEConfig, build_moe_model, default_model_path, load_tokenizer

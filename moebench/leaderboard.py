@@ -287,7 +287,7 @@ def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
         f"- Hardware: {bullet(distinct(runs, 'tags.moebench.hardware'))}",
         f"- Budget and MoE: {budget}",
         f"- {len(runs)} finished runs, read from MLflow.",
-        *([f"- Selected on the validation split (mean main score over seeds): "
+        *(["- Selected on the validation split (mean main score over seeds): "
            + "; ".join(f"{k}: {v}" for k, v in sorted(board.selections.items()))] if board.selections else []),
         "",
         "Rebuild these files from the MLflow store with",

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from moebench.config import TrainConfig, TrialConfig
