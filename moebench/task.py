@@ -8,7 +8,7 @@ model inputs, and its official metric with one main score.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from moebench.errors import UsageError
 
@@ -51,6 +51,24 @@ class Task(Protocol):
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
         """The official metric(s) of the task, main_metric among them."""
+
+
+def check_splits(task: Task, data_dir: str | None, splits: list[str], known: list[str],
+                 local_path: Callable[[str, str], str], layout: str) -> None:
+    """What most tasks' `check_data` does: every split is one the task has; with a data dir its
+    files exist (else name them and the expected layout); without one, load each split from
+    the hub now, in the driver, so a hub failure is a usage error before any trial starts and
+    parallel trials then read the local `datasets` cache."""
+    unknown = [s for s in splits if s not in known]
+    if unknown:
+        raise UsageError(f"task {task.name!r} has no split {unknown[0]!r}; its splits: {', '.join(known)}")
+    if data_dir is None:
+        for split in splits:
+            task.load(split, None)
+        return
+    missing = [local_path(data_dir, s) for s in splits if not os.path.isfile(local_path(data_dir, s))]
+    if missing:
+        raise UsageError(f"task {task.name!r}: no local data at {', '.join(missing)} (--data-dir expects {layout})")
 
 
 def eval_splits(task: Task, override: str | None) -> dict[str, str]:

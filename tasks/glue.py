@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from moebench.errors import UsageError
+from moebench.task import check_splits
 from moebench.tasks import metrics
 from moebench.tasks.classification import SequenceClassification, encode_texts
 
@@ -73,21 +74,9 @@ class GlueTask(SequenceClassification):
         return os.path.join(data_dir, "glue", self.local_dir, self.local_files[split])
 
     def check_data(self, data_dir: str | None, splits: list[str]) -> None:
-        unknown = [s for s in splits if s not in self.local_files]
-        if unknown:
-            raise UsageError(f"task {self.name!r} has no split {unknown[0]!r}; its splits: {', '.join(self.local_files)}")
-        if data_dir is None:
-            # Fetch once in the driver: a hub failure is a usage error before any trial starts,
-            # and parallel trials then read the local `datasets` cache.
-            for split in splits:
-                self._load_hub(split)
-            return
-        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
-        if missing:
-            raise UsageError(
-                f"task {self.name!r}: no local data at {', '.join(missing)} "
-                f"(--data-dir expects glue/{self.local_dir}/{{{','.join(self.local_files[s] for s in splits)}}})"
-            )
+        files = ",".join(self.local_files[s] for s in splits if s in self.local_files)
+        check_splits(self, data_dir, splits, list(self.local_files), self.local_path,
+                     f"glue/{self.local_dir}/{{{files}}} in the classic glue_data layout")
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
         if data_dir is not None:

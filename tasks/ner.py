@@ -17,6 +17,7 @@ import os
 from typing import Any, ClassVar
 
 from moebench.errors import UsageError
+from moebench.task import check_splits
 from moebench.tasks.glue import load_hub_split
 
 HUB_DATASET = "eriktks/conll2003"
@@ -96,20 +97,9 @@ class CoNLL2003:
         return os.path.join(data_dir, "conll2003", self.local_files[split])
 
     def check_data(self, data_dir: str | None, splits: list[str]) -> None:
-        unknown = [s for s in splits if s not in self.local_files]
-        if unknown:
-            raise UsageError(f"task {self.name!r} has no split {unknown[0]!r}; its splits: {', '.join(self.local_files)}")
-        if data_dir is None:
-            # Fetch once in the driver (as GLUE does): parallel trials then read the local cache.
-            for split in splits:
-                self._load_hub(split)
-            return
-        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
-        if missing:
-            raise UsageError(
-                f"task {self.name!r}: no local data at {', '.join(missing)} (--data-dir expects "
-                f"conll2003/{{{','.join(self.local_files[s] for s in splits)}}}, CoNLL columns `token POS chunk NER`)"
-            )
+        files = ",".join(self.local_files[s] for s in splits if s in self.local_files)
+        check_splits(self, data_dir, splits, list(self.local_files), self.local_path,
+                     f"conll2003/{{{files}}}, CoNLL columns `token POS chunk NER`")
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
         if split not in self.local_files:

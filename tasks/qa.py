@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from moebench.errors import UsageError
+from moebench.task import check_splits
 from moebench.tasks.glue import load_hub_split
 # The answer-string metric is shared with SuperGLUE's ReCoRD.
 from moebench.tasks.squad_metrics import exact_match, normalize_answer, token_f1
@@ -174,20 +175,9 @@ class SquadTask:
         return os.path.join(data_dir, "squad", self.version, self.local_files[split])
 
     def check_data(self, data_dir: str | None, splits: list[str]) -> None:
-        unknown = [s for s in splits if s not in self.local_files]
-        if unknown:
-            raise UsageError(f"task {self.name!r} has no split {unknown[0]!r}; its splits: {', '.join(self.local_files)}")
-        if data_dir is None:
-            # Fetch once in the driver, as GLUE does: trials then read the `datasets` cache.
-            for split in splits:
-                self._load_hub(split)
-            return
-        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
-        if missing:
-            raise UsageError(
-                f"task {self.name!r}: no local data at {', '.join(missing)} (--data-dir expects "
-                f"squad/{self.version}/{{{','.join(self.local_files[s] for s in splits)}}} in the official SQuAD JSON format)"
-            )
+        files = ",".join(self.local_files[s] for s in splits if s in self.local_files)
+        check_splits(self, data_dir, splits, list(self.local_files), self.local_path,
+                     f"squad/{self.version}/{{{files}}} in the official SQuAD JSON format")
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
         if data_dir is not None:

@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from moebench.errors import UsageError
+from moebench.task import check_splits
 from moebench.tasks import metrics
 from moebench.tasks.classification import SequenceClassification, encode_texts
 from moebench.tasks.glue import load_hub_split
@@ -192,18 +193,10 @@ class SuperGlueTask(SequenceClassification):
         return os.path.join(data_dir, "superglue", self.local_dir, LOCAL_FILES[split])
 
     def check_data(self, data_dir: str | None, splits: list[str]) -> None:
-        unknown = [s for s in splits if s not in LOCAL_FILES]
-        if unknown:
-            raise UsageError(f"task {self.name!r} has no labelled split {unknown[0]!r}; its splits: {', '.join(LOCAL_FILES)}")
-        if data_dir is None:
-            for split in splits:  # fetched once in the driver; trials read the `datasets` cache
-                self.load(split, None)
-            return
-        missing = [self.local_path(data_dir, s) for s in splits if not os.path.isfile(self.local_path(data_dir, s))]
-        if missing:
-            hint = " (only val.jsonl exists? train on part of it: --train-split 'validation[:50%]' --eval-split 'validation[50%:]')"
-            raise UsageError(f"task {self.name!r}: no local data at {', '.join(missing)}"
-                             + (hint if splits[0] == "train" and len(missing) == 1 and "train" in missing[0] else ""))
+        files = ",".join(LOCAL_FILES[s] for s in splits if s in LOCAL_FILES)
+        check_splits(self, data_dir, splits, list(LOCAL_FILES), self.local_path,
+                     f"superglue/{self.local_dir}/{{{files}}}, the official jsonl; where only val.jsonl exists, "
+                     "train on part of it: --train-split 'validation[:50%]' --eval-split 'validation[50%:]'")
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
         repairs: dict[str, int] = defaultdict(int)

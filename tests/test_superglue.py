@@ -42,7 +42,7 @@ def test_multirc_groups_answers_by_question(data_dir):
 def test_missing_train_file_suggests_splitting_validation(data_dir):
     with pytest.raises(UsageError, match=r"BoolQ/train.jsonl.*--train-split 'validation\[:50%\]'"):
         TASKS.get("boolq").check_data(data_dir, ["train", "validation"])
-    with pytest.raises(UsageError, match="no labelled split 'test'"):
+    with pytest.raises(UsageError, match="no split 'test'; its splits: train, validation"):
         TASKS.get("boolq").check_data(data_dir, ["test"])
 
 
