@@ -36,7 +36,7 @@ def bare_loop(args) -> float:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, max(1, total // 10)))
     model.train()
     for _ in range(args.epochs):
-        for batch, _ in batches(train, 32, tokenizer, torch.Generator().manual_seed(0)):
+        for batch in batches(train, 32, tokenizer, torch.Generator().manual_seed(0)):
             output, _ = model(**batch)
             output.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -45,7 +45,7 @@ def bare_loop(args) -> float:
             optimizer.zero_grad(set_to_none=True)
         model.eval()
         with torch.no_grad():
-            predictions = [p for b, _ in batches(dev, 32, tokenizer) for p in task.predict(model(**b)[0], b)]
+            predictions = [p for b in batches(dev, 32, tokenizer) for p in task.predict(model(**b)[0], b)]
         model.train()
         task.score(predictions, dev, None)
     return time.perf_counter() - start

@@ -74,11 +74,11 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
 
 
 def batches(features: list[dict], batch_size: int, tokenizer, generator: torch.Generator | None = None):
-    """(model inputs, the features they came from), in a seeded shuffle or in order."""
+    """Collated model inputs, in a seeded shuffle or (for evaluation) in order."""
     order = torch.randperm(len(features), generator=generator).tolist() if generator else list(range(len(features)))
     for start in range(0, len(order), batch_size):
         chunk = [features[i] for i in order[start : start + batch_size]]
-        yield collate(chunk, tokenizer), chunk
+        yield collate(chunk, tokenizer)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -127,7 +127,7 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
     then scores them against its examples (QA maps windows back to answers, NER tokens to words)."""
     model.eval()
     predictions: list = []
-    for batch, _ in batches(features, batch_size, tokenizer):
+    for batch in batches(features, batch_size, tokenizer):
         batch = {k: v.to(device) for k, v in batch.items()}
         output, _ = model(**batch)
         predictions.extend(task.predict(output, batch))
@@ -179,7 +179,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     bar = tqdm(total=total_steps, desc=f"{trial.method}/{trial.task}/seed{trial.seed}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
-        for batch, _ in batches(train_features, cfg.batch_size, tokenizer, order):
+        for batch in batches(train_features, cfg.batch_size, tokenizer, order):
             losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm)
             scheduler.step()
             if not all(math.isfinite(v) for v in losses.values()):

@@ -116,7 +116,7 @@ def test_encode_labels_only_first_subwords(tokenizer):
 def gold_as_logits(features: list[dict], tokenizer) -> list:
     """Run predict on logits that put all weight on each feature's gold labels."""
     predictions = []
-    for batch, _ in batches(features, 8, tokenizer):
+    for batch in batches(features, 8, tokenizer):
         labels = batch["labels"]  # (B, T)
         logits = torch.nn.functional.one_hot(labels.clamp(min=0), len(LABELS)).float()  # (B, T, C)
         predictions.extend(CONLL2003.predict(SimpleNamespace(logits=logits), batch))
