@@ -254,10 +254,20 @@ class MultipleChoiceTask(SuperGlueTask):
 
 @dataclass(frozen=True)
 class MultiRCTask(SuperGlueTask):
+    """One example per question, holding its answer options: splits and subsets then keep a
+    question's options together, which its exact match needs (the hub's rows are options)."""
+
+    def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
+        questions: dict[Any, list[dict]] = {}
+        for option in super().load(split, data_dir):
+            questions.setdefault(option["question_id"], []).append(option)
+        return [{"question_id": key, "options": options} for key, options in questions.items()]
+
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
-        features = encode_texts(examples, tokenizer, max_length)
-        for feature, example in zip(features, examples):
-            feature["question_id"] = example["question_id"]
+        options = [option for example in examples for option in example["options"]]
+        features = encode_texts(options, tokenizer, max_length)
+        for feature, option in zip(features, options):
+            feature["question_id"] = option["question_id"]
         return features
 
     def score(self, predictions: list, features: list[dict], examples) -> dict[str, float]:

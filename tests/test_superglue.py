@@ -12,8 +12,8 @@ from moebench.tasks.squad_metrics import exact_match, normalize_answer, token_f1
 from moebench.tasks.superglue import multirc_metrics, read_jsonl, record_local, record_metrics
 from moebench.train import collate, family_score
 
-# Rows of the shared val.jsonl files (PROVENANCE.md): MultiRC counts answer options, as the hub does.
-LOCAL_VALIDATION = {"boolq": 3270, "cb": 56, "copa": 100, "multirc": 4848, "superglue_rte": 277, "wic": 638, "wsc": 104}
+# Examples of the shared val.jsonl files (PROVENANCE.md); MultiRC's are its 953 questions.
+LOCAL_VALIDATION = {"boolq": 3270, "cb": 56, "copa": 100, "multirc": 953, "superglue_rte": 277, "wic": 638, "wsc": 104}
 
 
 def test_superglue_group_has_eight_tasks():
@@ -26,7 +26,8 @@ def test_local_validation_files_load_completely(data_dir, name):
     task.check_data(data_dir, ["validation"])
     examples = task.load("validation", data_dir)
     assert len(examples) == LOCAL_VALIDATION[name]
-    assert {e["label"] for e in examples} == set(range(task.head_kwargs().get("num_labels", 2)))
+    labelled = [option for e in examples for option in e["options"]] if name == "multirc" else examples
+    assert {e["label"] for e in labelled} == set(range(task.head_kwargs().get("num_labels", 2)))
 
 
 def test_cb_and_rte_train_files_load(data_dir):
@@ -34,9 +35,19 @@ def test_cb_and_rte_train_files_load(data_dir):
     assert len(TASKS.get("superglue_rte").load("train", data_dir)) == 2490
 
 
-def test_multirc_groups_answers_by_question(data_dir):
-    examples = TASKS.get("multirc").load("validation", data_dir)
-    assert len({e["question_id"] for e in examples}) == 953
+def test_multirc_keeps_each_questions_options_together(data_dir, tiny_model_dir):
+    from moebench.moe.upcycle import load_tokenizer
+
+    multirc = TASKS.get("multirc")
+    examples = multirc.load("validation", data_dir)
+    assert sum(len(e["options"]) for e in examples) == 4848  # answer options, the hub's rows
+    assert all({o["question_id"] for o in e["options"]} == {e["question_id"]} for e in examples)
+    # a split cuts between questions, never inside one
+    first, second = multirc.load("validation", data_dir)[:476], examples[476:]
+    assert not {e["question_id"] for e in first} & {e["question_id"] for e in second}
+    features = multirc.encode(examples[:2], load_tokenizer(tiny_model_dir), 64)
+    assert len(features) == len(examples[0]["options"]) + len(examples[1]["options"])
+    assert [f["question_id"] for f in features][0] == examples[0]["question_id"]
 
 
 def test_missing_train_file_suggests_splitting_validation(data_dir):
