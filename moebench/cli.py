@@ -206,6 +206,11 @@ def command_run(args: argparse.Namespace) -> int:
               + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
     summary = run_sweep(cfg, todo, args.command_line) if todo else None
     status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
+    if summary and summary.aborted:
+        print(f"\nmoebench: the sweep stopped before all trials ended ({summary.aborted}). "
+              f"{len(summary.finished)} trials FINISHED are kept in MLflow; rerun the same command to run the rest.",
+              file=sys.stderr)
+        return 1
     if summary and summary.failed:
         print(f"\n{len(summary.failed)} of {len(todo)} trials FAILED:", file=sys.stderr)
         for label, reason in summary.failed:

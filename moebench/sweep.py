@@ -74,6 +74,7 @@ class SweepSummary:
     finished: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # by the early-stopping scheduler
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
+    aborted: str | None = None  # why the whole sweep stopped early, if it did
 
 
 def trial_label(spec: TrialConfig) -> str:
@@ -126,6 +127,10 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
     )
     try:
         tuner.fit()
+    except Exception as error:
+        # Ray raises out of fit() for failures of its own machinery rather than of a trial (a
+        # trial's worker killed by Ray's memory monitor does this): report it, keep what finished.
+        summary.aborted = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
     finally:
         bar.close()
         ray.shutdown()

@@ -52,3 +52,25 @@ def test_kill_and_resume(tmp_path, data_dir, tiny_model_dir):
     assert finished["tags.moebench.fingerprint"].is_unique
     assert before_kill <= set(finished["run_id"])  # nothing that had finished was lost or redone
     assert set(runs["status"]) <= {"FINISHED", "KILLED"}  # runs the kill interrupted are closed, not left RUNNING
+
+
+def test_a_sweep_that_ray_aborts_ends_with_a_resume_hint(tmp_path, data_dir, tiny_model_dir):
+    """Ray raises out of Tuner.fit() when its memory monitor kills a trial's worker; the command
+    must say what happened and how to go on, not end in a traceback."""
+    wrapper = tmp_path / "aborting_moebench.py"
+    wrapper.write_text(
+        "import sys\n"
+        "from ray import tune\n"
+        "def killed(self):\n"
+        "    raise RuntimeError('Caught unexpected exception: 1 worker(s) were killed due to the node running low on memory.\\nTop 10')\n"
+        "tune.Tuner.fit = killed\n"
+        "from moebench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run([sys.executable, str(wrapper), "run", "--methods", "vanilla", "--tasks", "rte", "--data-dir", data_dir,
+                             "--model", tiny_model_dir, "--epochs", "1", "--max-train-samples", "8", "--max-eval-samples", "8",
+                             "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "the sweep stopped before all trials ended (RuntimeError: Caught unexpected exception: 1 worker(s) were killed" in result.stderr
+    assert "rerun the same command to run the rest" in result.stderr
+    assert "Traceback" not in result.stderr and "Top 10" not in result.stderr
