@@ -50,7 +50,31 @@ class Task(Protocol):
         """One batch's model output -> one prediction per feature (plain Python values)."""
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
-        """The official metric(s) of the task, main_metric among them."""
+        """The official metric(s) of the task, main_metric among them. Always
+        `self.metrics_of(*self.outcomes(predictions, features, examples))`, plus any counts that
+        need the features (NER's `truncated_words`), so a subset re-scores with the same metric."""
+
+    def outcomes(self, predictions: list, features: list[dict[str, Any]],
+                 examples: list[dict[str, Any]]) -> tuple[list, list]:
+        """Per-feature predictions -> example-level (predictions, golds): one entry each per
+        example (not per feature, window or option), in the order of `examples`, made only of
+        JSON-serialisable plain Python values (int, float, str, lists, None; no numpy types).
+        E.g. a label id and the gold label; MultiRC: the lists of predicted and gold option labels
+        of each question; ReCoRD: the predicted entity and the gold answers; SQuAD: the answer
+        text ("" for none) and the gold texts; NER: the predicted and gold IOB2 tags of each word.
+        Re-scoring a resample (paired bootstrap) picks the same indices from both lists."""
+
+    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
+        """The official metric(s) (every one `score` reports from predictions, main_metric and
+        family_metrics among them) of example-level lists as `outcomes` returns them, or any
+        subset or resample of them. Called many times per run by the bootstrap: keep it fast."""
+
+    def majority_predictions(self, golds: list) -> list | None:
+        """Example-level predictions of the constant, untrained "majority" baseline, from the
+        golds alone, shaped as `outcomes`' predictions: the most frequent gold label (ties: the
+        smallest) or the mean gold value for regression; MultiRC the most frequent option label
+        for every option; NER "O" for every word; SQuAD "" for every question. None where no
+        constant answer exists (ReCoRD). Metrics undefined on a constant may come out NaN."""
 
 
 def check_splits(task: Task, data_dir: str | None, splits: list[str], known: list[str],
@@ -71,13 +95,14 @@ def check_splits(task: Task, data_dir: str | None, splits: list[str], known: lis
         raise UsageError(f"task {task.name!r}: no local data at {', '.join(missing)} (--data-dir expects {layout})")
 
 
-def eval_splits(task: Task, override: str | None) -> dict[str, str]:
-    """The task's evaluation splits, or the one split expression the user gave."""
+def report_splits(task: Task, override: str | None) -> dict[str, str]:
+    """The splits a task's score is reported on (metric-name suffix -> split expression): its own
+    evaluation splits, or the one split expression the user gave (--report-split)."""
     if override is None:
         return dict(task.eval_splits)
     if len(task.eval_splits) > 1:
         raise UsageError(
-            f"task {task.name!r} evaluates on {len(task.eval_splits)} splits ({', '.join(task.eval_splits.values())}); "
-            "--eval-split replaces a single evaluation split"
+            f"task {task.name!r} reports on {len(task.eval_splits)} splits ({', '.join(task.eval_splits.values())}); "
+            "--report-split replaces a single evaluation split"
         )
     return {next(iter(task.eval_splits)): override}

@@ -147,35 +147,50 @@ class CoNLL2003:
         return [row[mask].tolist() for row, mask in zip(predicted, first_subword)]
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
-        gold, predicted = sentence_tags(predictions, features, examples)
-        metrics = entity_metrics(gold, predicted)
+        predicted, gold = self.outcomes(predictions, features, examples)
+        metrics = self.metrics_of(predicted, gold)
         metrics["truncated_words"] = sum(len(g) for g in gold) - sum(len(f["word_ids"]) for f in features)
         return metrics
 
+    def outcomes(self, predictions: list, features: list[dict[str, Any]],
+                 examples: list[dict[str, Any]]) -> tuple[list, list]:
+        """Per sentence: the predicted and the gold IOB2 tag of every word (see sentence_tags)."""
+        gold, predicted = sentence_tags(predictions, features, examples)
+        return predicted, gold
+
+    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
+        return entity_metrics(golds, predictions)
+
+    def majority_predictions(self, golds: list) -> list | None:
+        """ "O" for every word: no entity at all."""
+        return [["O"] * len(tags) for tags in golds]
+
 
 def sentence_tags(predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> tuple[list, list]:
-    """Gold and predicted tag sequences over every word of every sentence; a word with no
-    prediction (cut off by truncation) is predicted "O"."""
-    gold, predicted = [], []
+    """Gold and predicted tag sequences over every word of every sentence, in the order of
+    `examples`; a word with no prediction (cut off by truncation) is predicted "O"."""
+    predicted = [["O"] * len(example["tokens"]) for example in examples]
     for prediction, feature in zip(predictions, features):
-        example = examples[feature["example_index"]]
-        tags = ["O"] * len(example["tokens"])
+        tags = predicted[feature["example_index"]]
         for word, label in zip(feature["word_ids"], prediction):
-            tags[word] = LABELS[label]
-        gold.append([LABELS[t] for t in example["tags"]])
-        predicted.append(tags)
+            tags[word] = LABELS[int(label)]
+    gold = [[LABELS[t] for t in example["tags"]] for example in examples]
     return gold, predicted
 
 
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
     """Entity-level micro precision/recall/F1 (an entity counts only with exact span and type)
-    as conlleval computes them, and token accuracy; all in [0, 1]."""
-    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+    as conlleval computes them, and token accuracy; all in [0, 1]. One seqeval call gives all
+    three (precision_score, recall_score and f1_score each make this same call)."""
+    from seqeval.metrics import accuracy_score
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
 
+    precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, average="micro", beta=1,
+                                                               zero_division=0)
     return {
-        "precision": float(precision_score(gold, predicted, zero_division=0)),
-        "recall": float(recall_score(gold, predicted, zero_division=0)),
-        "f1": float(f1_score(gold, predicted, zero_division=0)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "accuracy": float(accuracy_score(gold, predicted)),
     }
 

@@ -238,12 +238,24 @@ class SquadTask:
         return text
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
+        return self.metrics_of(*self.outcomes(predictions, features, examples))
+
+    def outcomes(self, predictions: list, features: list[dict[str, Any]],
+                 examples: list[dict[str, Any]]) -> tuple[list, list]:
+        """Per question: the answer text gathered from its windows ("" for no answer) and the
+        list of gold answer texts ([] for v2.0's unanswerable questions)."""
         windows: list[list] = [[] for _ in examples]
         for (start_logits, end_logits), feature in zip(predictions, features):
             windows[feature["example_index"]].append((start_logits, end_logits, feature["offset_mapping"]))
-        answers = [self.answer(e["context"], w) for e, w in zip(examples, windows)]
-        golds = [e["answers"]["text"] for e in examples]
-        return squad_v2_metrics(answers, golds) if self.allows_no_answer else squad_v1_metrics(answers, golds)
+        answers = [str(self.answer(e["context"], w)) for e, w in zip(examples, windows)]
+        return answers, [[str(t) for t in e["answers"]["text"]] for e in examples]
+
+    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
+        return squad_v2_metrics(predictions, golds) if self.allows_no_answer else squad_v1_metrics(predictions, golds)
+
+    def majority_predictions(self, golds: list) -> list | None:
+        """The constant "no answer": "" for every question."""
+        return [""] * len(golds)
 
 
 SQUAD = SquadTask("squad", "SQuAD v1.1: extractive QA (EM/F1)", "v1.1", "rajpurkar/squad", allows_no_answer=False)

@@ -4,6 +4,7 @@ and removing punctuation, the articles a/an/the and extra whitespace; exact matc
 F1 take the maximum over the gold answers."""
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -12,6 +13,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = set(string.punctuation)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the bootstrap re-scores the same answers a thousand times
 def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())

@@ -29,7 +29,7 @@ import numpy as np
 from moebench.errors import UsageError
 from moebench.task import check_splits
 from moebench.tasks import metrics
-from moebench.tasks.classification import SequenceClassification, encode_texts
+from moebench.tasks.classification import SequenceClassification, encode_texts, majority_value, to_plain
 from moebench.tasks.glue import load_hub_split
 from moebench.tasks.squad_metrics import best_over_golds, exact_match, token_f1
 
@@ -161,6 +161,11 @@ def multirc_metrics(pred: np.ndarray, gold: np.ndarray, question_ids: list) -> d
     return {"f1a": metrics.binary_f1(pred, gold), "exact_match": float(np.mean(list(correct_by_question.values())))}
 
 
+def question_key(question_id: Any) -> Any:
+    """A MultiRC question id as a dict key (a list, as JSON gives it back, becomes a tuple)."""
+    return tuple(question_id) if isinstance(question_id, list) else question_id
+
+
 def record_metrics(predicted: list[str], answers: list[list[str]]) -> dict[str, float]:
     """Max over gold answers of SQuAD-normalised exact match and token F1, averaged over queries."""
     em = [best_over_golds(exact_match, p, golds) for p, golds in zip(predicted, answers)]
@@ -271,8 +276,32 @@ class MultiRCTask(SuperGlueTask):
         return features
 
     def score(self, predictions: list, features: list[dict], examples) -> dict[str, float]:
-        gold = np.asarray([f["labels"] for f in features])
-        return multirc_metrics(np.asarray(predictions), gold, [f["question_id"] for f in features])
+        return self.metrics_of(*self.outcomes(predictions, features, examples))
+
+    def outcomes(self, predictions: list, features: list[dict], examples) -> tuple[list, list]:
+        """Per question (example): the list of predicted option labels and the list of gold
+        ones. Features (options) are gathered by their `question_id`; in the order of
+        `examples` when given, else in the order the questions first appear."""
+        predicted: dict[Any, list] = {}
+        gold: dict[Any, list] = {}
+        for p, feature in zip(to_plain(predictions), features):
+            key = question_key(feature["question_id"])
+            predicted.setdefault(key, []).append(p)
+            gold.setdefault(key, []).append(feature["labels"])
+        keys = list(predicted) if examples is None else [question_key(e["question_id"]) for e in examples]
+        return [predicted.get(k, []) for k in keys], [to_plain(gold.get(k, [])) for k in keys]
+
+    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
+        """F1a over every option of every question; EM: share of questions with all options right."""
+        pred = np.asarray([p for options in predictions for p in options])
+        gold = np.asarray([g for options in golds for g in options])
+        question_of_option = [i for i, options in enumerate(golds) for _ in options]
+        return multirc_metrics(pred, gold, question_of_option)
+
+    def majority_predictions(self, golds: list) -> list | None:
+        """The most frequent option label over all options (ties: the smallest), for each option."""
+        label = majority_value([g for options in golds for g in options])
+        return [[label] * len(options) for options in golds]
 
 
 @dataclass(frozen=True)
@@ -298,14 +327,24 @@ class ReCoRDTask(SuperGlueTask):
         return (logits[:, 1] - logits[:, 0]).tolist()  # how strongly each candidate is the answer
 
     def score(self, predictions: list, features: list[dict], examples: list[dict]) -> dict[str, float]:
+        return self.metrics_of(*self.outcomes(predictions, features, examples))
+
+    def outcomes(self, predictions: list, features: list[dict], examples: list[dict]) -> tuple[list, list]:
+        """Per query: the highest-scored candidate entity ("" when it has none) and the gold answers."""
         best: dict[int, tuple[float, str]] = {}
         for value, feature in zip(predictions, features):
             owner = feature["example_index"]
             if owner not in best or value > best[owner][0]:
                 best[owner] = (value, feature["candidate"])
         # A query without candidate entities cannot be answered: it counts as wrong.
-        predicted = [best[i][1] if i in best else "" for i in range(len(examples))]
-        return record_metrics(predicted, [e["answers"] for e in examples])
+        predicted = [str(best[i][1]) if i in best else "" for i in range(len(examples))]
+        return predicted, [[str(a) for a in e["answers"]] for e in examples]
+
+    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
+        return record_metrics(predictions, golds)
+
+    def majority_predictions(self, golds: list) -> list | None:
+        return None  # each query has its own entities: no constant answer exists
 
 
 _BOOL = 2
