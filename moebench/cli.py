@@ -15,11 +15,11 @@ from moebench.errors import UsageError
 DEFAULT_OUTPUT_DIR = "moebench-runs"
 RUN_DEFAULTS = {
     "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
-    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "eval_split": None, "epochs": 3, "max_seq_length": 128, "batch_size": 32,
+    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32,
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
     "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
-    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {},
+    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False,
 }
 
 
@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-eval-samples", type=int)
     run.add_argument("--train-split", help="split to train on, `datasets` syntax (default: train); e.g. 'validation[:50%%]' "
                                            "where only a validation split exists")
-    run.add_argument("--eval-split", help="split to evaluate on (default: each task's validation split); e.g. 'validation[50%%:]'")
+    run.add_argument("--select-split", help="split that chooses the epoch and, with a search, the configuration (default: a fixed "
+                                            "held-out 10%% of the training split, at most 2000 examples); e.g. 'validation[40%%:60%%]'")
+    run.add_argument("--report-split", "--eval-split", dest="report_split",
+                     help="split whose score the board reports (default: each task's validation split); e.g. 'validation[60%%:]'")
+    run.add_argument("--select", help="best (default): keep the epoch best on the select split; last: keep the last epoch")
     run.add_argument("--epochs", type=int, help="(default: 3)")
     run.add_argument("--max-seq-length", type=int, help="(default: 128)")
     run.add_argument("--batch-size", type=int, help="(default: 32)")
@@ -71,14 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="fractions allowed (default: 1 when CUDA exists, else 0)")
     run.add_argument("--search", help="none (default), grid or random: search each method's space (--set values stay fixed)")
     run.add_argument("--num-samples", type=int, help="configurations per method for --search random (default: 1)")
-    run.add_argument("--scheduler", help="fifo (default) or asha: stop weak configurations early, per method and task")
+    run.add_argument("--scheduler", help="fifo (default) or asha (needs --search): stop weak configurations early, "
+                                         "all seeds together, per method and task")
+    run.add_argument("--allow-dirty", action="store_true", help="run from a moebench checkout with uncommitted changes "
+                                                                 "(recorded as <commit>-dirty)")
     parser.run_actions = {action.dest: action for action in run._actions}
 
     listing = commands.add_parser("list", help="show registered methods or tasks")
     listing.add_argument("what", choices=["methods", "tasks"])
 
-    board = commands.add_parser("leaderboard", help="rebuild the leaderboard of an experiment from MLflow")
+    board = commands.add_parser("leaderboard", help="rebuild the leaderboard of an experiment from MLflow or from an export")
     board.add_argument("--experiment", default="moebench")
+    board.add_argument("--from-export", metavar="FILE", help="build from a runs export (runs.json.gz in every board folder) "
+                                                              "instead of an MLflow store")
+    board.add_argument("--baseline", default="vanilla", help="method every other is compared with (default: vanilla)")
     board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
     board.add_argument("--tracking-uri", default=None)
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
@@ -118,7 +128,7 @@ def run_config_from_args(args: argparse.Namespace):
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
             warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
             max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-            train_split=args.train_split, eval_split=args.eval_split,
+            train_split=args.train_split, select_split=args.select_split, report_split=args.report_split, select=args.select,
         ),
         moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter),
         method_overrides=parse_overrides(args.overrides),
@@ -132,6 +142,7 @@ def run_config_from_args(args: argparse.Namespace):
         num_samples=args.num_samples,
         scheduler=args.scheduler,
         search_space=args.search_space,
+        allow_dirty=args.allow_dirty,
     )
 
 
@@ -171,19 +182,57 @@ def validate(cfg, named: set[str] = frozenset()):
 
 
 def check_task_data(name: str, train, data_dir: str | None) -> None:
-    """The splits a trial will read exist, and training and evaluation rows do not overlap."""
+    """The splits a trial will read exist, and the train, select and report rows are disjoint."""
     from moebench.registry import TASKS
     from moebench.splits import Split
-    from moebench.task import eval_splits
+    from moebench.task import report_splits
 
     task = TASKS.get(name)
-    train_split = Split.parse(train.train_split, "--train-split")
-    evaluation = [Split.parse(e, "--eval-split") for e in eval_splits(task, train.eval_split).values()]
-    task.check_data(data_dir, list(dict.fromkeys([train_split.name, *(e.name for e in evaluation)])))
-    for split in evaluation:
-        if split.name == train_split.name and train_split.overlaps(split, len(task.load(split.name, data_dir))):
-            raise UsageError(f"task {name!r}: --train-split {train_split} and evaluation split {split} overlap; "
-                             f"give disjoint parts, e.g. {split.name}[:50%] and {split.name}[50%:]")
+    roles = {"--train-split": Split.parse(train.train_split, "--train-split")}
+    if train.select_split:
+        roles["--select-split"] = Split.parse(train.select_split, "--select-split")
+    for i, expression in enumerate(report_splits(task, train.report_split).values()):
+        roles["--report-split" if i == 0 else f"report split {i + 1}"] = Split.parse(expression, "--report-split")
+    task.check_data(data_dir, list(dict.fromkeys(split.name for split in roles.values())))
+    sizes: dict[str, int] = {}
+    items = list(roles.items())
+    for i, (flag, split) in enumerate(items):
+        for other_flag, other in items[i + 1:]:
+            if split.name != other.name:
+                continue
+            if split.name not in sizes:
+                sizes[split.name] = len(task.load(split.name, data_dir))
+            if split.overlaps(other, sizes[split.name]):
+                raise UsageError(f"task {name!r}: {flag} {split} and {other_flag} {other} overlap; give disjoint parts, "
+                                 f"e.g. {split.name}[:60%], {split.name}[60%:80%] and {split.name}[80%:]")
+
+
+def check_clean_checkout(allow_dirty: bool) -> None:
+    """A published number must name the code that made it: refuse a modified checkout unless asked."""
+    from moebench.provenance import git_state
+
+    _, modified = git_state()
+    if modified and not allow_dirty:
+        shown = ", ".join(modified[:8]) + (f" and {len(modified) - 8} more" if len(modified) > 8 else "")
+        raise UsageError(f"the moebench checkout has uncommitted changes ({shown}); commit them, or pass --allow-dirty "
+                         "to run anyway (runs are then tagged <commit>-dirty)")
+
+
+def check_experiment_budget(uri: str, experiment: str, trials) -> None:
+    """Refuse to add runs of another budget to an experiment: its board could only mix them."""
+    import pandas as pd
+
+    from moebench.export import records_from_mlflow
+    from moebench.leaderboard import check_one_budget, current_runs
+
+    existing = current_runs(records_from_mlflow(uri, experiment), [])
+    if existing.empty:
+        return
+    new = pd.DataFrame([{f"params.{k}": v for k, v in t.flat_params().items()} for t in trials])
+    try:
+        check_one_budget(pd.concat([existing[[c for c in existing if c.startswith("params.")]], new], ignore_index=True))
+    except UsageError as error:
+        raise UsageError(f"experiment {experiment!r} already holds finished runs, and {error}") from None
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -191,7 +240,9 @@ def command_run(args: argparse.Namespace) -> int:
     from moebench.config import named_tasks
 
     cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
+    check_clean_checkout(cfg.allow_dirty)
     uri = cfg.resolved_tracking_uri()
+    check_experiment_budget(uri, cfg.experiment, trials)
     configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
     searched = f", {configurations} method configurations" if cfg.search != "none" else ""
     print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
@@ -219,20 +270,27 @@ def command_run(args: argparse.Namespace) -> int:
     return status
 
 
-def print_leaderboard(tracking_uri: str, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png")) -> int:
+def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png"),
+                      baseline: str = "vanilla", export: str | None = None) -> int:
+    """Build the board from MLflow (or from an export), print it, write its folder."""
     from moebench import leaderboard
+    from moebench.export import read_export, records_from_mlflow
 
     valid = [*leaderboard.FORMATS, "png"]
     bad = [f for f in formats if f not in valid]
     if bad:
         raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(valid)}")
-    runs = leaderboard.load_runs(tracking_uri, experiment)
-    if runs.empty:
-        print(f"moebench: no finished runs in experiment {experiment!r} at {tracking_uri}", file=sys.stderr)
+    records = read_export(export) if export else records_from_mlflow(tracking_uri, experiment)
+    if export and records:
+        experiment = records[0]["tags"].get("moebench.experiment", experiment)
+    if not any(r["status"] == "FINISHED" for r in records):
+        print(f"moebench: no finished runs in experiment {experiment!r} at {export or tracking_uri}", file=sys.stderr)
         return 1
-    board = leaderboard.build(runs, experiment)
+    board = leaderboard.build(records, experiment, baseline)
     print(leaderboard.to_markdown(board))
-    for path in leaderboard.write(board, runs, output, tuple(formats)):
+    for warning in board.warnings:
+        print(f"moebench: warning: {warning}", file=sys.stderr)
+    for path in leaderboard.write(board, records, output, tuple(formats)):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -240,10 +298,16 @@ def print_leaderboard(tracking_uri: str, experiment: str, output: str, formats: 
 def command_leaderboard(args: argparse.Namespace) -> int:
     from moebench.config import RunConfig
 
+    output = args.output or os.path.join(args.output_dir, "leaderboard")
+    if args.from_export:
+        if not os.path.isfile(args.from_export):
+            raise UsageError(f"--from-export {args.from_export!r}: no such file")
+        return print_leaderboard(None, args.experiment, output, tuple(args.format), args.baseline, args.from_export)
     uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
-        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run or --tracking-uri)")
-    return print_leaderboard(uri, args.experiment, args.output or os.path.join(args.output_dir, "leaderboard"), tuple(args.format))
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, --tracking-uri, "
+                         "or --from-export FILE)")
+    return print_leaderboard(uri, args.experiment, output, tuple(args.format), args.baseline)
 
 
 def command_list(args: argparse.Namespace) -> int:

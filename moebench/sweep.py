@@ -9,19 +9,30 @@ import torch
 from tqdm.auto import tqdm
 
 from moebench.config import RunConfig, TrialConfig
+from moebench.registry import TASKS
 from moebench.tracking import MLflowCallback
 
 
 def tune_trial(config: dict) -> None:
-    """The Ray Tune trainable: one trial, reporting each epoch and then its final metrics."""
+    """The Ray Tune trainable: one trial, reporting each epoch and then its final metrics, the
+    selected epoch's report predictions, and what ran, read here in the worker: on a cluster,
+    or after an edit mid-sweep, the code a worker imported need not be the driver's."""
+    import dataclasses
+    import json
+
     from ray import tune
 
+    from moebench.provenance import code_provenance
     from moebench.train import run_trial
 
     threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
     torch.set_num_threads(max(1, threads))
-    final = run_trial(TrialConfig.from_dict(config["trial"]), report=tune.report, progress=False)
-    tune.report({**{f"final/{k}": v for k, v in final.items()}, "info/hardware": hardware()})
+    result = run_trial(TrialConfig.from_dict(config["trial"]), report=tune.report, progress=False)
+    outcomes = {suffix: dataclasses.asdict(o) for suffix, o in result.report_outcomes.items()}
+    tune.report({**{f"final/{k}": v for k, v in result.metrics.items()},
+                 **{f"info/{k}": v for k, v in code_provenance().items()},
+                 "info/hardware": hardware(), "info/node": os.uname().nodename,
+                 "outcomes/report": json.dumps(outcomes, separators=(",", ":"))})
 
 
 def hardware() -> str:
@@ -38,11 +49,13 @@ def hardware() -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads used of {os.cpu_count()} cores"
 
 
-def grouped_asha(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2):
-    """Asynchronous successive halving (Li et al., 2020), but only among trials of the same
-    method and task: scores of different tasks are not comparable, so one pool would stop
-    every trial of a hard task. At each rung (grace_period * rf^k epochs) a trial continues
-    only if its validation main score is in the top 1/rf of those seen at that rung."""
+def grouped_asha(max_epochs: int, higher_is_better: dict[str, bool], grace_period: int = 1, reduction_factor: int = 2):
+    """Asynchronous successive halving (Li et al., 2020) over *configurations*, only among those of
+    the same method and task (scores of different tasks are not comparable). At each rung
+    (grace_period * rf^k epochs) a configuration continues only if its select-split main score is
+    in the top 1/rf of the configurations seen at that rung. The decision is taken when the
+    configuration's first seed reaches the rung and applies to all its seeds, so seeds are kept
+    or stopped together and no mean is taken over the lucky seeds of a configuration."""
     import numpy as np
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -52,21 +65,27 @@ def grouped_asha(max_epochs: int, grace_period: int = 1, reduction_factor: int =
         rungs.append(epoch)
         epoch *= reduction_factor
 
-    class GroupedASHA(FIFOScheduler):
+    class ConfigurationASHA(FIFOScheduler):
         def __init__(self):
             super().__init__()
             self.recorded: dict[tuple[str, str, int], list[float]] = {}
+            self.decisions: dict[tuple[str, int], str] = {}  # (configuration, rung) -> decision
 
         def on_trial_result(self, tune_controller, trial, result):
             if "epoch" not in result or result["epoch"] not in rungs:
                 return TrialScheduler.CONTINUE
-            spec = trial.config["trial"]
-            scores = self.recorded.setdefault((spec["method"], spec["task"], result["epoch"]), [])
-            scores.append(result["eval/main_score"])
-            cutoff = np.percentile(scores, 100 * (1 - 1 / reduction_factor))
-            return TrialScheduler.CONTINUE if result["eval/main_score"] >= cutoff else TrialScheduler.STOP
+            spec = TrialConfig.from_dict(trial.config["trial"])
+            key = (spec.config_id(), result["epoch"])
+            if key not in self.decisions:
+                sign = 1.0 if higher_is_better.get(spec.task, True) else -1.0
+                score = sign * result["select/main_score"]
+                scores = self.recorded.setdefault((spec.method, spec.task, result["epoch"]), [])
+                scores.append(score)
+                cutoff = np.percentile(scores, 100 * (1 - 1 / reduction_factor))
+                self.decisions[key] = TrialScheduler.CONTINUE if score >= cutoff else TrialScheduler.STOP
+            return self.decisions[key]
 
-    return GroupedASHA()
+    return ConfigurationASHA()
 
 
 @dataclass
@@ -98,7 +117,8 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
     def on_event(kind: str, spec: TrialConfig, payload) -> None:
         label = trial_label(spec)
         if kind == "result" and "epoch" in payload:
-            bar.write(f"{label} epoch {payload['epoch']}: main score {payload['eval/main_score']:.4f}, train loss {payload['train/loss']:.4f}")
+            bar.write(f"{label} epoch {payload['epoch']}: select {payload['select/main_score']:.4f}, "
+                      f"report {payload['report/main_score']:.4f}, train loss {payload['train/loss']:.4f}")
         elif kind == "complete":
             summary.finished.append(label)
             bar.update(1)
@@ -116,7 +136,8 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
         param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
-        tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs) if cfg.scheduler == "asha" else None),
+        tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs, {t: TASKS.get(t).higher_is_better for t in cfg.tasks})
+                                    if cfg.scheduler == "asha" else None),
         run_config=tune.RunConfig(
             name=cfg.experiment,
             storage_path=os.path.join(output_dir, "ray"),

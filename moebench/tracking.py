@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
+import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from moebench import __version__
 from moebench.config import TrialConfig
 
 TAG_FINGERPRINT = "moebench.fingerprint"
-TAG_COMMIT = "moebench.git_commit"
+TAG_HIGHER_IS_BETTER = "moebench.higher_is_better"
+TAG_SPLITS = "moebench.splits"
 TAG_ERROR = "moebench.error"
 TAG_GROUP = "moebench.task_group"
 TAG_MAIN_METRIC = "moebench.main_metric"
@@ -28,18 +28,6 @@ TAG_COMMAND = "moebench.command"
 TAG_CONFIG = "moebench.config"
 TAG_STOPPED_EARLY = "moebench.stopped_early"
 TAG_HARDWARE = "moebench.hardware"
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the moebench checkout that ran, with '-dirty' for uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 @contextlib.contextmanager
@@ -120,6 +108,23 @@ def error_reason(traceback_text: str | None) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
+EPOCH_PREFIXES = ("train/", "select/", "report/", "diagnostics/")
+HISTORY = "history.json"  # per-epoch metrics, one artifact, so an export needs no call per metric
+REPORT_OUTCOMES = "report_outcomes.json"  # the selected epoch's example-level report predictions and golds
+
+
+def split_roles(spec: TrialConfig, task) -> str:
+    """How the trial's data was used, in words a board can print."""
+    from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX
+    from moebench.task import report_splits
+
+    train = spec.train
+    select = train.select_split or (f"a fixed held-out {HELD_OUT_FRACTION:.0%} of {train.train_split} "
+                                    f"(at most {HELD_OUT_MAX}), not trained on")
+    report = ", ".join(report_splits(task, train.report_split).values())
+    return f"train: {train.train_split}; select ({train.select} epoch): {select}; report: {report}"
+
+
 class MLflowCallback(tune.Callback):
     def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None, command: str = ""):
         self.tracking_uri, self.experiment, self.artifact_dir = tracking_uri, experiment, artifact_dir
@@ -129,6 +134,7 @@ class MLflowCallback(tune.Callback):
         self._run_ids: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
         self._final_logged: set[str] = set()
+        self._history: dict[str, list[dict]] = {}  # per-epoch results, saved with the run when it ends
 
     def setup(self, **info):
         self._client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
@@ -144,11 +150,13 @@ class MLflowCallback(tune.Callback):
             "mlflow.runName": f"{spec.method}/{spec.task}/seed{spec.seed}",
             TAG_FINGERPRINT: spec.fingerprint(),
             TAG_CONFIG: spec.config_id(),
-            TAG_COMMIT: git_commit(),
+            TAG_HIGHER_IS_BETTER: str(task.higher_is_better),
+            TAG_SPLITS: split_roles(spec, task),
             TAG_COMMAND: self.command,
+            "moebench.experiment": self.experiment,
             "moebench.version": __version__,
             "moebench.python": sys.version.split()[0],
-            "moebench.host": os.uname().nodename,
+            "moebench.driver_host": os.uname().nodename,
         }
         run = self._client.create_run(self._experiment_id, tags=tags)
         self._run_ids[trial.trial_id] = run.info.run_id
@@ -165,19 +173,29 @@ class MLflowCallback(tune.Callback):
         if "epoch" in result:
             step = int(result["epoch"])
             self._last_epoch[trial.trial_id] = step
-            metrics = [Metric(k, float(v), timestamp, step) for k, v in result.items() if k.startswith(("train/", "eval/"))]
+            epoch = {k: float(v) for k, v in result.items() if k.startswith(EPOCH_PREFIXES)}
+            self._history.setdefault(trial.trial_id, []).append({"epoch": step, **epoch})
+            metrics = [Metric(k, v, timestamp, step) for k, v in epoch.items()]
         else:
             metrics = [Metric(k.removeprefix("final/"), float(v), timestamp, 0) for k, v in result.items() if k.startswith("final/")]
             self._final_logged.add(trial.trial_id)
             for key, value in result.items():
                 if key.startswith("info/"):
                     self._client.set_tag(run_id, "moebench." + key.removeprefix("info/"), str(value))
+            if "outcomes/report" in result:
+                self._client.log_text(run_id, result["outcomes/report"], REPORT_OUTCOMES)
         self._client.log_batch(run_id, metrics=metrics)
         self.on_event("result", TrialConfig.from_dict(trial.config["trial"]), result)
+
+    def save_history(self, trial) -> None:
+        history = self._history.pop(trial.trial_id, [])
+        if trial.trial_id in self._run_ids:
+            self._client.log_text(self._run_ids[trial.trial_id], json.dumps(history, separators=(",", ":")), HISTORY)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_ids[trial.trial_id]
         spec = TrialConfig.from_dict(trial.config["trial"])
+        self.save_history(trial)
         if trial.trial_id in self._final_logged:
             self._client.set_terminated(run_id, "FINISHED")
             self.on_event("complete", spec, None)
@@ -191,6 +209,7 @@ class MLflowCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_ids.get(trial.trial_id)
+        self.save_history(trial)
         traceback_text = read_error(trial)
         reason = error_reason(traceback_text)
         if run_id is not None:

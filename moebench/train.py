@@ -1,27 +1,31 @@
 """One trial: build the upcycled model, train it with the method's hooks, evaluate each epoch.
 
 `run_trial` is a plain function of a TrialConfig and a `report` callback, so Ray Tune, a test
-or a notebook can call it alike. Each epoch's metrics go to `report`; the best epoch (on the
-task's main metric) is reported last as the trial's result.
+or a notebook can call it alike. Data has three roles: the model trains on the *train* split,
+each epoch is scored on the *select* split (which chooses the epoch kept) and on the *report*
+split (the number published). Choosing on the split that is reported would inflate it. Each
+epoch's metrics go to `report`; the trial's result is the selected epoch's, with that epoch's
+example-level report predictions, so statistics can later resample them without a rerun.
 """
 from __future__ import annotations
 
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from moebench.config import TrialConfig
+from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX, TrialConfig
 from moebench.method import Method
 from moebench.moe.diagnostics import diagnose
 from moebench.moe.upcycle import MoEModel, build_moe_model, load_tokenizer
 from moebench.registry import METHODS, TASKS
 from moebench.splits import Split
-from moebench.task import eval_splits
+from moebench.task import report_splits
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
@@ -121,10 +125,20 @@ def train_step(model: MoEModel, method: Method, optimizer: torch.optim.Optimizer
     return losses
 
 
+@dataclass
+class Outcomes:
+    """Example-level predictions and gold answers of one split, JSON-ready (see Task.outcomes)."""
+
+    predictions: list
+    golds: list
+
+
 @torch.no_grad()
-def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], batch_size: int, tokenizer, device) -> dict[str, float]:
+def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], batch_size: int, tokenizer,
+             device) -> tuple[dict[str, float], Outcomes | None]:
     """The task's official metrics: it turns each batch's output into per-feature predictions,
-    then scores them against its examples (QA maps windows back to answers, NER tokens to words)."""
+    then into one prediction per example (QA maps windows back to answers, NER tokens to words)
+    and scores those against the gold answers."""
     model.eval()
     predictions: list = []
     for batch in batches(features, batch_size, tokenizer):
@@ -132,7 +146,10 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
         output, _ = model(**batch)
         predictions.extend(task.predict(output, batch))
     model.train()
-    return task.score(predictions, features, examples)
+    if not hasattr(task, "outcomes"):  # a plugin task written before example-level outcomes
+        return task.score(predictions, features, examples), None
+    outcomes = Outcomes(*task.outcomes(predictions, features, examples))
+    return task.score(predictions, features, examples), outcomes
 
 
 def family_score(task, metrics: dict[str, float]) -> float:
@@ -147,7 +164,47 @@ def load_split(task, expression: str, data_dir: str | None, limit: int | None) -
     return subset(split.select(task.load(split.name, data_dir)), limit)
 
 
-def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progress: bool = True) -> dict[str, float]:
+def hold_out(examples: list, fraction: float = HELD_OUT_FRACTION, cap: int = HELD_OUT_MAX) -> tuple[list, list]:
+    """(rest, held out): a fixed slice of `fraction` of the examples (at most `cap`, at least 1)
+    for selection, chosen by a fixed shuffle so every method and seed holds out the same ones."""
+    if len(examples) < 2:
+        raise ValueError(f"cannot hold out a selection slice from {len(examples)} training example(s); give --select-split")
+    size = min(cap, max(1, round(fraction * len(examples))))
+    held = set(np.random.default_rng(12345).permutation(len(examples))[:size].tolist())
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def load_roles(task, cfg, data_dir: str | None) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """(train, select, {suffix: report}) examples. The training subset is drawn from what the
+    selection slice leaves, so the two never share an example."""
+    train = Split.parse(cfg.train_split)
+    rows = train.select(task.load(train.name, data_dir))
+    if cfg.select_split is None:
+        rows, select = hold_out(rows)
+        select = subset(select, cfg.max_eval_samples)
+    else:
+        select = load_split(task, cfg.select_split, data_dir, cfg.max_eval_samples)
+    report = {suffix: load_split(task, expression, data_dir, cfg.max_eval_samples)
+              for suffix, expression in report_splits(task, cfg.report_split).items()}
+    return subset(rows, cfg.max_train_samples), select, report
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]  # the selected epoch's report metrics, diagnostics and costs
+    report_outcomes: dict[str, Outcomes] = field(default_factory=dict)  # suffix -> outcomes, selected epoch
+
+
+def selected_epoch(history: list[dict[str, float]], rule: str, higher_is_better: bool) -> int:
+    """Index of the epoch kept: the last, or the best on the select split (the first of ties)."""
+    if rule == "last":
+        return len(history) - 1
+    sign = 1.0 if higher_is_better else -1.0
+    scores = [sign * m["select/main_score"] for m in history]
+    return max(range(len(scores)), key=lambda i: (scores[i] if math.isfinite(scores[i]) else -math.inf, -i))
+
+
+def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progress: bool = True) -> TrialResult:
     task = TASKS.get(trial.task)
     method_cls = METHODS.get(trial.method)
     cfg = trial.train
@@ -155,14 +212,14 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     seed_everything(trial.seed)
 
     tokenizer = load_tokenizer(trial.model)
-    train_features = task.encode(load_split(task, cfg.train_split, trial.data_dir, cfg.max_train_samples), tokenizer, cfg.max_seq_length)
-    eval_sets = {}
-    for suffix, expression in eval_splits(task, cfg.eval_split).items():
-        examples = load_split(task, expression, trial.data_dir, cfg.max_eval_samples)
-        eval_sets[suffix] = (task.encode(examples, tokenizer, cfg.max_seq_length), examples)
+    train_examples, select_examples, report_examples = load_roles(task, cfg, trial.data_dir)
+    encode = lambda examples: task.encode(examples, tokenizer, cfg.max_seq_length)
+    train_features = encode(train_examples)
+    eval_sets = {"select": {"": (encode(select_examples), select_examples)},
+                 "report": {suffix: (encode(examples), examples) for suffix, examples in report_examples.items()}}
 
-    first_eval = next(iter(eval_sets.values()))[0]
-    probe = collate(first_eval[:PROBE_SIZE], tokenizer)
+    first_report = next(iter(eval_sets["report"].values()))[0]
+    probe = collate(first_report[:PROBE_SIZE], tokenizer)
     probe = {k: v.to(device) for k, v in probe.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     model = build_moe_model(trial.model, task.auto_class, trial.moe, **task.head_kwargs()).to(device)
@@ -175,6 +232,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     order = torch.Generator().manual_seed(trial.seed)
 
     history: list[dict[str, float]] = []
+    outcomes_by_epoch: list[dict[str, Outcomes]] = []
     start = time.perf_counter()
     bar = tqdm(total=total_steps, desc=f"{trial.method}/{trial.task}/seed{trial.seed}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
@@ -189,23 +247,40 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
         metrics = {f"train/{k}": v / steps_per_epoch for k, v in sums.items()}
-        for suffix, (features, examples) in eval_sets.items():
-            scores = evaluate(model, task, features, examples, cfg.batch_size, tokenizer, device)
-            metrics.update({f"eval/{k}{suffix}": v for k, v in scores.items()})
-        metrics["eval/main_score"] = metrics[f"eval/{task.main_metric}"]
-        metrics["eval/family_score"] = family_score(task, {k.removeprefix("eval/"): v for k, v in metrics.items()})
-        metrics.update({f"eval/{k}": v for k, v in diagnose(model, probe).items()})
+        outcomes_by_epoch.append({})
+        for role, splits in eval_sets.items():
+            scores = {}
+            for suffix, (features, examples) in splits.items():
+                split_scores, outcomes = evaluate(model, task, features, examples, cfg.batch_size, tokenizer, device)
+                scores.update({f"{k}{suffix}": v for k, v in split_scores.items()})
+                if role == "report" and outcomes is not None:
+                    outcomes_by_epoch[-1][suffix] = outcomes
+            metrics.update({f"{role}/{k}": v for k, v in scores.items()})
+            metrics[f"{role}/main_score"] = scores[task.main_metric] if role == "report" else scores[task.main_metric.removesuffix(main_suffix(task))]
+        metrics["report/family_score"] = family_score(task, {k.removeprefix("report/"): v for k, v in metrics.items()})
+        metrics.update({f"diagnostics/{k}": v for k, v in diagnose(model, probe).items()})
         metrics["epoch"] = epoch
         history.append(metrics)
         report(metrics)
     bar.close()
 
-    best = max(history, key=lambda m: m["eval/main_score"] if task.higher_is_better else -m["eval/main_score"])
-    final = {k.removeprefix("eval/"): v for k, v in best.items() if k.startswith("eval/")}
+    chosen = selected_epoch(history, cfg.select, task.higher_is_better)
+    kept = history[chosen]
+    final = {k.removeprefix("report/"): v for k, v in kept.items() if k.startswith("report/")}
+    final.update({k.removeprefix("diagnostics/"): v for k, v in kept.items() if k.startswith("diagnostics/")})
     final.update(
-        best_epoch=best["epoch"],
+        select_main_score=kept["select/main_score"],
+        selected_epoch=kept["epoch"],
         train_time_s=time.perf_counter() - start,
         train_examples=len(train_features),
+        select_examples=len(select_examples),
+        report_examples=sum(len(examples) for examples in report_examples.values()),
         **{f"params_{k}": v for k, v in model.num_parameters().items()},
     )
-    return final
+    return TrialResult(final, outcomes_by_epoch[chosen])
+
+
+def main_suffix(task) -> str:
+    """The report split suffix of the main metric ("_m" for MNLI's matched accuracy): the select
+    split is one split, scored without suffixes."""
+    return next((suffix for suffix in task.eval_splits if suffix and task.main_metric.endswith(suffix)), "")

@@ -28,7 +28,15 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:60%]", "--eval-split", "validation[50%:]"],
          "overlap"),
         (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:half]"], "not a split expression"),
-        (["--methods", "vanilla", "--tasks", "mnli", "--eval-split", "validation"], "--eval-split replaces a single"),
+        (["--methods", "vanilla", "--tasks", "mnli", "--report-split", "validation"], "--report-split replaces a single"),
+        (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:40%]", "--select-split", "validation[30%:60%]",
+          "--report-split", "validation[60%:]"], "--train-split validation[:40%] and --select-split validation[30%:60%] overlap"),
+        (["--methods", "vanilla", "--tasks", "cb", "--train-split", "validation[:40%]", "--select-split", "validation[40%:70%]",
+          "--report-split", "validation[60%:]"], "--select-split validation[40%:70%] and --report-split validation[60%:] overlap"),
+        (["--methods", "vanilla", "--tasks", "rte", "--scheduler", "asha"], "needs a search"),
+        (["--methods", "vanilla,omoe", "--tasks", "rte", "--search", "grid"], "different budgets (vanilla 4, omoe 288"),
+        (["--methods", "vanilla,omoe", "--tasks", "rte", "--search", "random", "--num-samples", "5"], "distinct configurations of vanilla (4)"),
+        (["--methods", "vanilla", "--tasks", "rte", "--select", "worst"], "--select must be best or last"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_dir, args, expected):
@@ -73,8 +81,20 @@ def test_leaderboard_without_a_store_is_a_usage_error(tmp_path, capsys):
 def test_unreachable_hub_names_data_dir(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MOEBENCH_DATA_DIR"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--methods", "vanilla", "--tasks", "rte",
+    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "rte",
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert "Hugging Face Hub" in result.stderr and "--data-dir" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_modified_checkout_is_refused_unless_allowed(monkeypatch):
+    from moebench import cli, provenance
+    from moebench.errors import UsageError
+
+    monkeypatch.setattr(provenance, "git_state", lambda root=None: ("abc123", ["moebench/train.py", "notes.txt"]))
+    with pytest.raises(UsageError, match=r"uncommitted changes \(moebench/train.py, notes.txt\).*--allow-dirty"):
+        cli.check_clean_checkout(allow_dirty=False)
+    cli.check_clean_checkout(allow_dirty=True)
+    monkeypatch.setattr(provenance, "git_state", lambda root=None: ("abc123", []))
+    cli.check_clean_checkout(allow_dirty=False)

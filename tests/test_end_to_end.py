@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "moebench.cli", "run", "--methods", "vanilla,load_balancing", "--tasks", "rte,stsb",
+    command = [sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--methods", "vanilla,load_balancing", "--tasks", "rte,stsb",
                "--data-dir", data_dir, "--model", tiny_model_dir, "--seeds", "0,1", "--epochs", "2",
                "--max-train-samples", "32", "--max-eval-samples", "32", "--max-seq-length", "32", "--batch-size", "16",
                "--lr", "1e-3", "--experiment", "e2e", "--output-dir", str(out)]

@@ -53,7 +53,7 @@ def test_a_yaml_experiment_runs_from_the_cli(tmp_path, data_dir, tiny_model_dir)
         f"methods: [simsmoe]\ntasks: [rte]\nmodel: {tiny_model_dir}\ndata_dir: {data_dir}\nepochs: 1\n"
         f"max_train_samples: 16\nmax_eval_samples: 16\nmax_seq_length: 32\nexperiment: yaml\n"
         f"output_dir: {tmp_path / 'out'}\nset:\n  simsmoe: {{sim_threshold: 0.25}}\n")
-    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--config", str(tmp_path / "exp.yaml"), "--lr", "0.001"],
+    result = subprocess.run([sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--config", str(tmp_path / "exp.yaml"), "--lr", "0.001"],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")

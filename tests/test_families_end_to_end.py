@@ -15,7 +15,7 @@ WITHOUT_DATA = {"record", "squad_v2"}  # no ReCoRD val.jsonl, no SQuAD 2.0 file 
 
 def test_superglue_qa_and_ner_run_end_to_end(tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "moebench.cli", "run", "--methods", "vanilla", "--tasks", "superglue,qa,ner",
+    command = [sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "superglue,qa,ner",
                "--data-dir", data_dir, "--model", tiny_model_dir, "--epochs", "1",
                # most SuperGLUE tasks and SQuAD have only a validation split here: train and score on its halves
                "--train-split", "validation[:50%]", "--eval-split", "validation[50%:]",

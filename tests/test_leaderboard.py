@@ -1,65 +1,186 @@
-"""Leaderboard arithmetic on hand-made runs (no MLflow needed)."""
+"""The comparison protocol on hand-made runs (no MLflow, no training): selection on the select
+split, paired statistics, degenerate cells, direction of the metric, one budget per board."""
+import itertools
 import math
 
-import pandas as pd
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from moebench import leaderboard
+from moebench.comparison import split_seed
+from moebench.errors import UsageError
+from moebench.provenance import PROTOCOL_VERSION
+from moebench.registry import TASKS
+from moebench.stats import bootstrap_indices, bootstrap_pvalue, percentile_interval
+
+_ids = itertools.count()
 
 
-def runs_frame(scores: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
-    rows = []
-    for (method, task), values in scores.items():
-        for seed, value in enumerate(values):
-            rows.append({"params.method": method, "params.task": task, "params.seed": str(seed),
-                         "tags.moebench.task_group": "glue", "tags.moebench.main_metric": "accuracy",
-                         "metrics.main_score": value, "metrics.expert_cka": 0.9, "metrics.params_total": 43_991_426})
-    return pd.DataFrame(rows)
+def record(method, task, seed, report, select=None, predictions=None, golds=None, config="c0", group="glue",
+           main_metric="accuracy", higher="True", status="FINISHED", **params):
+    """One run as an export holds it; `report` is its report-split main score."""
+    run_id = f"run{next(_ids)}"
+    return {
+        "run_id": run_id, "status": status, "start_time": next(_ids),
+        "params": {"method": method, "task": task, "seed": str(seed), "protocol": PROTOCOL_VERSION, "train.epochs": "2",
+                   "search": "none", "search.train_params": "", **params},
+        "tags": {"moebench.fingerprint": f"{method}-{task}-{seed}-{config}-{run_id}", "moebench.config": f"{method}-{config}",
+                 "moebench.task_group": group, "moebench.main_metric": main_metric, "moebench.higher_is_better": higher},
+        "metrics": {"main_score": report, "family_score": report, "select_main_score": report if select is None else select,
+                    "expert_cka": 0.9},
+        "history": [],
+        "report_outcomes": None if predictions is None else {"": {"predictions": predictions, "golds": golds}},
+    }
+
+
+def accuracy_predictions(golds, correct, rng):
+    """Predictions right on exactly `correct` of the examples (the first ones of a fixed shuffle)."""
+    order = rng.permutation(len(golds))
+    predictions = list(golds)
+    for i in order[correct:]:
+        predictions[i] = 1 - golds[i]
+    return predictions
 
 
 @pytest.fixture
-def board():
-    return leaderboard.build(runs_frame({
-        ("a", "rte"): [0.60, 0.62, 0.61], ("a", "sst2"): [0.80, 0.81, 0.82],
-        ("b", "rte"): [0.50, 0.51, 0.52], ("b", "sst2"): [0.79, 0.83, 0.81],
-        ("c", "rte"): [0.40, 0.41], ("c", "sst2"): [0.70, 0.71],
-    }), "exp")
+def golds():
+    return [int(v) for v in np.random.default_rng(7).integers(0, 2, 60)]
 
 
-def test_cells_are_mean_std_n_and_family_average_is_per_seed(board):
+def test_cells_are_mean_with_a_t_interval_over_seeds_and_family_average_is_per_seed():
+    runs = [record("a", "rte", s, v) for s, v in enumerate([0.60, 0.62, 0.61])]
+    runs += [record("a", "sst2", s, v) for s, v in enumerate([0.80, 0.81, 0.82])]
+    runs += [record("b", t, s, 0.5) for t in ("rte", "sst2") for s in range(3)]
+    board = leaderboard.build(runs, "exp", baseline="b", replicates=50)
     cell = board.rows["a"]["rte"]
-    assert cell.mean == pytest.approx(0.61) and cell.std == pytest.approx(0.01) and cell.n == 3
+    half = scipy_stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert cell.mean == pytest.approx(0.61) and cell.n == 3 and cell.interval == pytest.approx((0.61 - half, 0.61 + half))
     assert board.rows["a"]["glue_avg"].values == pytest.approx([0.70, 0.715, 0.715])
-    assert board.rows["c"]["glue_avg"].n == 2
+    assert "61.00 ± 2.48 (n=3)" in leaderboard.to_markdown(board)
 
 
-def test_best_and_ties_follow_a_welch_test(board):
-    assert board.marks["rte"] == {"a": "best", "b": "", "c": ""}  # a clearly beats b and c
-    assert board.marks["sst2"]["a"] == "best" or board.marks["sst2"]["b"] == "best"
-    assert "tie" in board.marks["sst2"].values()  # a and b overlap on sst2
+def test_a_configuration_lucky_on_the_report_split_but_not_on_the_select_split_is_not_chosen():
+    runs = []
+    for seed in range(2):
+        runs.append(record("a", "rte", seed, report=0.50, select=0.90, config="steady", **{"a.coef": "0.1"}))
+        runs.append(record("a", "rte", seed, report=0.95, select=0.60, config="lucky", **{"a.coef": "0.5"}))
+    board = leaderboard.build(runs, "exp", replicates=50)
+    assert board.rows["a"]["rte"].values == [0.50, 0.50]  # chosen on select, reported on report
+    assert board.selections == {"a/rte": "coef=0.1 (best of 2 configurations)"}
+    assert board.configurations == {"a": 2}
 
 
-def test_mean_rank_orders_rows(board):
-    assert list(board.rows) == ["a", "b", "c"]
-    assert board.mean_rank["c"] == 3.0
+def test_paired_bootstrap_interval_and_holm_equal_a_hand_computation(golds):
+    correct = {"vanilla": 36, "b": 45, "c": 39, "d": 33}
+    # the same shuffle for every method: each is right on a superset of the examples of any worse one
+    predictions = {m: accuracy_predictions(golds, k, np.random.default_rng(0)) for m, k in correct.items()}
+    runs = [record(m, "rte", 0, k / 60, predictions=predictions[m], golds=golds) for m, k in correct.items()]
+    board = leaderboard.build(runs, "exp", baseline="vanilla", replicates=300)
+
+    rows = bootstrap_indices(60, 300, split_seed("rte", "", 0))
+    accuracy = lambda m: np.array([np.mean(np.asarray(predictions[m])[r] == np.asarray(golds)[r]) for r in rows])
+    p = {}
+    for m in ("b", "c", "d"):
+        difference = accuracy(m) - accuracy("vanilla")
+        comparison = board.to_baseline["rte"][m]
+        assert comparison.difference == pytest.approx((correct[m] - 36) / 60)
+        assert comparison.interval == pytest.approx(percentile_interval(difference))
+        p[m] = bootstrap_pvalue(difference)  # one seed: the example bootstrap decides
+    ordered = sorted(p, key=p.get)
+    running, holm = 0.0, {}
+    for j, m in enumerate(ordered):
+        running = max(running, min(1.0, (3 - j) * p[m]))
+        holm[m] = running
+    assert {m: board.to_baseline["rte"][m].p_holm for m in p} == pytest.approx(holm)
+    assert board.to_baseline["rte"]["b"].interval[0] > 0 and holm["b"] < 0.05  # right on 9 more of 60: clearly better
+    assert board.marks["rte"]["b"] == "best"
 
 
-def test_search_reports_the_best_configuration_per_method_and_task():
-    runs = runs_frame({("a", "rte"): [0.5, 0.6], ("b", "rte"): [0.55, 0.56]})
-    runs["tags.moebench.config"] = "only"
-    runs["params.a.coef"] = "1"
-    better = runs_frame({("a", "rte"): [0.7, 0.8]}).assign(**{"tags.moebench.config": "second", "params.a.coef": "2"})
-    board = leaderboard.build(pd.concat([runs, better]), "search")
-    assert board.rows["a"]["rte"].values == [0.7, 0.8]
-    assert board.selections == {"a/rte": "coef=2 (best of 2 configurations)"}
+def test_constant_predictions_are_flagged_never_marked_and_not_ranked(golds):
+    rng = np.random.default_rng(1)
+    good = accuracy_predictions(golds, 50, rng)
+    constant = [0] * len(golds)
+    runs = [record("vanilla", "rte", 0, 50 / 60, predictions=good, golds=golds),
+            record("flat", "rte", 0, float(np.mean(np.asarray(golds) == 0)), predictions=constant, golds=golds)]
+    board = leaderboard.build(runs, "exp", replicates=50)
+    majority = max(np.mean(np.asarray(golds) == 0), np.mean(np.asarray(golds) == 1))
+    assert board.majority["rte"] == pytest.approx(majority)
+    assert board.rows["flat"]["rte"].degenerate == 1 and board.marks["rte"]["flat"] == ""
+    assert math.isnan(board.mean_rank["flat"]) and board.mean_rank["vanilla"] == 1.0
+    assert any("flat on rte: 1 of 1 runs degenerate" in w for w in board.warnings)
+    markdown = leaderboard.to_markdown(board)
+    assert "†1" in markdown and f"| majority (no training) | — | {100 * majority:.2f} |" in markdown
 
 
-def test_formats_carry_the_marks(board):
-    md = leaderboard.to_markdown(board)
-    assert "| a | 1.25 | **61.00 ± 1.00 (n=3)** |" in md  # sst2: a and b share rank 1.5
-    assert r"\textbf{61.00 $\pm$ 1.00 (n=3)}" in leaderboard.to_latex(board)
-    assert "<b>61.00 ± 1.00 (n=3)</b>" in leaderboard.to_html(board)
-    csv = leaderboard.to_frame(board).set_index("method")
-    assert csv.loc["a", "rte_mean"] == pytest.approx(0.61) and math.isnan(leaderboard.Cell([0.5]).std)
-    assert csv.loc["a", "expert_cka_mean"] == pytest.approx(0.9)
-    assert "| params (M) |" in md and "| 43.99 ± 0.00 (n=6) |" in md
+@pytest.mark.parametrize("task, golds, constant, group, metric", [
+    ("conll2003", [["B-PER", "O", "O"], ["O", "B-LOC"], ["B-ORG", "I-ORG", "O"]], [["O", "O", "O"], ["O", "O"], ["O", "O", "O"]], "ner", "f1"),
+    ("squad", [["Paris"], ["1990", "in 1990"], ["blue"]], ["", "", ""], "qa", "f1"),
+])
+def test_all_o_ner_and_empty_qa_answers_are_flagged(task, golds, constant, group, metric):
+    good = [g if task == "conll2003" else g[0] for g in golds]
+    score = lambda p: TASKS.get(task).metrics_of(p, golds)[metric]
+    runs = [record("vanilla", task, 0, score(good), predictions=good, golds=golds, group=group, main_metric=metric),
+            record("flat", task, 0, score(constant), predictions=constant, golds=golds, group=group, main_metric=metric)]
+    board = leaderboard.build(runs, "exp", replicates=20)
+    assert board.rows["flat"][task].degenerate == 1 and board.rows["vanilla"][task].degenerate == 0
+    assert board.majority[task] == 0.0
+
+
+class LowerIsBetter:
+    """A plugin task whose main metric is an error rate (lower is better)."""
+
+    name, group, main_metric, higher_is_better, family_metrics = "error_rate_task", "errors", "error_rate", False, ()
+    eval_splits = {"": "validation"}
+
+    def metrics_of(self, predictions, golds):
+        return {"error_rate": float(np.mean(np.asarray(predictions) != np.asarray(golds)))}
+
+    def majority_predictions(self, golds):
+        return [max(set(golds), key=golds.count)] * len(golds)
+
+
+def test_a_lower_is_better_metric_is_honoured_by_selection_ranking_and_marks(golds):
+    TASKS.register("error_rate_task", LowerIsBetter())
+    rng = np.random.default_rng(3)
+    runs = []
+    for method, errors in (("low", 6), ("high", 24)):
+        predictions = accuracy_predictions(golds, 60 - errors, rng)
+        for config, select in (("x", errors / 60), ("y", errors / 60 + 0.3)):  # "y" is worse on select
+            runs.append(record(method, "error_rate_task", 0, errors / 60 + (0.2 if config == "y" else 0.0), select=select,
+                               predictions=predictions, golds=golds, config=config, group="errors", main_metric="error_rate",
+                               higher="False"))
+    board = leaderboard.build(runs, "exp", baseline="high", replicates=50)
+    assert board.rows["low"]["error_rate_task"].values == [pytest.approx(0.1)]  # config x: the lower select error
+    assert board.marks["error_rate_task"]["low"] == "best" and list(board.rows)[0] == "low"
+    assert board.mean_rank == {"low": 1.0, "high": 2.0}
+    assert board.to_baseline["error_rate_task"]["low"].difference == pytest.approx(0.1 - 0.4)
+
+
+def test_runs_of_different_budgets_are_refused_naming_what_differs():
+    runs = [record("a", "rte", 0, 0.6), record("b", "rte", 0, 0.6, **{"train.epochs": "3"})]
+    with pytest.raises(UsageError, match=r"train.epochs: 2, 3"):
+        leaderboard.build(runs, "exp")
+    searched = [record("a", "rte", 0, 0.6, config="x", **{"train.lr": "1e-4", "search.train_params": "lr"}),
+                record("a", "rte", 0, 0.7, config="y", **{"train.lr": "2e-4", "search.train_params": "lr"})]
+    assert leaderboard.build(searched, "exp").rows["a"]["rte"].values == [0.7]  # a searched lr is not a budget
+
+
+def test_runs_of_an_older_protocol_are_left_out_with_a_warning():
+    old = record("a", "rte", 0, 0.9)
+    old["params"]["protocol"] = "1"
+    board = leaderboard.build([old, record("a", "rte", 1, 0.6)], "exp")
+    assert board.rows["a"]["rte"].values == [0.6]
+    assert any("older trial protocol" in w for w in board.warnings)
+
+
+def test_formats_carry_the_marks_and_the_majority_row(golds):
+    rng = np.random.default_rng(4)
+    runs = [record(m, "rte", s, k / 60 + s / 100, predictions=accuracy_predictions(golds, k, rng), golds=golds)
+            for m, k in (("vanilla", 30), ("b", 50)) for s in range(2)]
+    board = leaderboard.build(runs, "exp", replicates=50)
+    assert "**" in leaderboard.to_markdown(board) and r"\textbf{" in leaderboard.to_latex(board)
+    assert "<b>" in leaderboard.to_html(board) and "majority (no training)" in leaderboard.to_html(board)
+    frame = leaderboard.to_frame(board).set_index("method")
+    assert frame.loc["b", "rte_diff_baseline"] == pytest.approx((50 - 30) / 60)
+    assert frame.loc["majority (no training)", "rte_mean"] == pytest.approx(board.majority["rte"])

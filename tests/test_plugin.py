@@ -32,7 +32,7 @@ def tiny_run_args(data_dir, model, out, experiment):
 def test_an_installed_plugin_method_runs_through_moebench_run(plugin_env, tmp_path, data_dir, tiny_model_dir):
     assert "router_entropy" in moebench(plugin_env, "list", "methods").stdout
     out = tmp_path / "out"
-    run = moebench(plugin_env, "run", "--methods", "router_entropy", "--tasks", "rte", "--set", "router_entropy.coef=0.5",
+    run = moebench(plugin_env, "run", "--allow-dirty", "--methods", "router_entropy", "--tasks", "rte", "--set", "router_entropy.coef=0.5",
                    *tiny_run_args(data_dir, tiny_model_dir, out, "plugin"))
     assert run.returncode == 0, run.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
@@ -44,7 +44,7 @@ def test_an_installed_plugin_method_runs_through_moebench_run(plugin_env, tmp_pa
 
 def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(plugin_env, tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "out"
-    run = moebench(plugin_env, "run", "--methods", "exploding,vanilla", "--tasks", "rte",
+    run = moebench(plugin_env, "run", "--allow-dirty", "--methods", "exploding,vanilla", "--tasks", "rte",
                    *tiny_run_args(data_dir, tiny_model_dir, out, "failures"))
     assert run.returncode == 1
     assert "1 of 2 trials FAILED" in run.stderr and "exploding/rte/seed0" in run.stderr and "non-finite" in run.stderr

@@ -25,7 +25,7 @@ def finished_run_ids(db) -> set[str]:
 
 def test_kill_and_resume(tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "moebench.cli", "run", "--methods", "vanilla,load_balancing", "--tasks", "rte",
+    command = [sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--methods", "vanilla,load_balancing", "--tasks", "rte",
                "--seeds", "0,1,2", "--data-dir", data_dir, "--model", tiny_model_dir, "--epochs", "2",
                "--max-train-samples", "48", "--max-eval-samples", "16", "--max-seq-length", "32", "--batch-size", "4",
                "--experiment", "resume", "--output-dir", str(out)]
@@ -67,7 +67,7 @@ def test_a_sweep_that_ray_aborts_ends_with_a_resume_hint(tmp_path, data_dir, tin
         "from moebench.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    result = subprocess.run([sys.executable, str(wrapper), "run", "--methods", "vanilla", "--tasks", "rte", "--data-dir", data_dir,
+    result = subprocess.run([sys.executable, str(wrapper), "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "rte", "--data-dir", data_dir,
                              "--model", tiny_model_dir, "--epochs", "1", "--max-train-samples", "8", "--max-eval-samples", "8",
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]

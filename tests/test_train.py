@@ -2,7 +2,7 @@ import torch
 
 from moebench.config import TrainConfig, TrialConfig
 from moebench.moe.upcycle import MoEConfig
-from moebench.train import lr_lambda, run_trial, subset
+from moebench.train import hold_out, load_roles, lr_lambda, run_trial, selected_epoch, subset
 
 
 def trial(model, data_dir, seed=0, method="load_balancing", task="rte"):
@@ -20,17 +20,56 @@ def test_same_seed_gives_identical_metrics(tiny_model_dir, data_dir):
     other_reports = []
     run_trial(trial(tiny_model_dir, data_dir, seed=1), report=other_reports.append, progress=False)
     keep = lambda m: {k: v for k, v in m.items() if k != "train_time_s"}
-    assert keep(first) == keep(second)
+    assert keep(first.metrics) == keep(second.metrics) and first.report_outcomes == second.report_outcomes
     assert len(reports) == 2 and [r["epoch"] for r in reports] == [1, 2]
     assert reports[0]["train/aux_loss"] > 0 and reports[0]["train/z_loss"] > 0
-    assert first["main_score"] == max(r["eval/main_score"] for r in reports)
+    # the epoch kept is the one best on the select split; its report score is what the trial returns
+    chosen = max(reports, key=lambda r: (r["select/main_score"], -r["epoch"]))
+    assert first.metrics["selected_epoch"] == chosen["epoch"] and first.metrics["main_score"] == chosen["report/main_score"]
+    assert first.metrics["select_main_score"] == chosen["select/main_score"]
+    outcomes = first.report_outcomes[""]
+    assert len(outcomes.predictions) == len(outcomes.golds) == 24 == first.metrics["report_examples"]
+    assert first.metrics["accuracy"] == sum(p == g for p, g in zip(outcomes.predictions, outcomes.golds)) / 24
     assert [r["train/loss"] for r in reports] != [r["train/loss"] for r in other_reports]
 
 
 def test_regression_task_trains(tiny_model_dir, data_dir):
-    final = run_trial(trial(tiny_model_dir, data_dir, method="vanilla", task="stsb"), progress=False)
-    assert set(final) >= {"pearson", "spearman", "main_score", "best_epoch"}
+    final = run_trial(trial(tiny_model_dir, data_dir, method="vanilla", task="stsb"), progress=False).metrics
+    assert set(final) >= {"pearson", "spearman", "main_score", "selected_epoch", "select_main_score"}
     assert final["main_score"] == final["spearman"]
+
+
+def test_held_out_selection_slice_is_fixed_disjoint_and_capped():
+    examples = [{"id": i} for i in range(30000)]
+    rest, held = hold_out(examples)
+    assert len(held) == 2000 and len(rest) == 28000  # 10%, capped at 2000
+    assert not {e["id"] for e in held} & {e["id"] for e in rest}
+    assert hold_out(examples) == (rest, held)  # the same for every method and seed
+    rest, held = hold_out(examples[:500])
+    assert len(held) == 50 and len(rest) == 450
+
+
+def test_three_roles_never_share_an_example(data_dir):
+    from moebench.registry import TASKS
+
+    task = TASKS.get("rte")
+    train, select, report = load_roles(task, TrainConfig(max_train_samples=None, max_eval_samples=None), data_dir)
+    key = lambda e: tuple(e["texts"])
+    assert len(train) + len(select) == len(task.load("train", data_dir)) and len(select) == 249
+    assert not {key(e) for e in train} & {key(e) for e in select}
+    assert len(report[""]) == len(task.load("validation", data_dir))
+    cfg = TrainConfig(train_split="validation[:40%]", select_split="validation[40%:60%]", report_split="validation[60%:]")
+    train, select, report = load_roles(task, cfg, data_dir)
+    assert (len(train), len(select), len(report[""])) == (111, 55, 111)  # of 277 dev examples
+    assert not ({key(e) for e in train} & {key(e) for e in select}) and not ({key(e) for e in select} & {key(e) for e in report[""]})
+
+
+def test_selection_honours_the_direction_and_the_rule():
+    history = [{"select/main_score": 0.5}, {"select/main_score": 0.2}, {"select/main_score": 0.5}]
+    assert selected_epoch(history, "best", higher_is_better=True) == 0  # first of ties
+    assert selected_epoch(history, "best", higher_is_better=False) == 1  # a loss-like metric: lower wins
+    assert selected_epoch(history, "last", higher_is_better=True) == 2
+    assert selected_epoch([{"select/main_score": float("nan")}, {"select/main_score": 0.1}], "best", True) == 1
 
 
 def test_schedule_warms_up_then_decays_to_zero():

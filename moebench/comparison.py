@@ -1,0 +1,98 @@
+"""How a board compares methods: example-level statistics from the runs' stored predictions.
+
+Every run stores its selected epoch's report predictions and golds (example level), so nothing
+here reruns a model. For each task, one bootstrap resample of the report examples (per report
+split) is drawn and applied to every method and seed alike (paired); a replicate's task score
+is the task's own metric on the resample (`Task.metrics_of`). Family averages resample each
+task independently and average the tasks' family scores, as the family's benchmark does.
+Degenerate runs (constant predictions, or exactly the majority-class score) are found here too.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from moebench.stats import bootstrap_indices
+
+DEGENERATE_TOLERANCE = 1e-9
+
+
+def atoms(value) -> list:
+    """The scalars inside a nested prediction (a tag list, a list of option labels, a string)."""
+    if isinstance(value, (list, tuple)):
+        return [a for item in value for a in atoms(item)]
+    return [value]
+
+
+def is_constant(predictions_by_split: dict[str, list]) -> bool:
+    """One class for everything: every label, tag, option or answer the same (all-O, all-empty...)."""
+    values = [a for predictions in predictions_by_split.values() for p in predictions for a in atoms(p)]
+    return len(values) > 0 and all(v == values[0] for v in values)
+
+
+def suffixed(task, predictions_by_split: dict[str, list], golds_by_split: dict[str, list]) -> dict[str, float]:
+    """The task's metrics over its report splits, each metric named with its split's suffix."""
+    metrics = {}
+    for suffix, golds in golds_by_split.items():
+        metrics.update({f"{k}{suffix}": v for k, v in task.metrics_of(predictions_by_split[suffix], golds).items()})
+    return metrics
+
+
+def family_score_of(task, metrics: dict[str, float]) -> float:
+    names = getattr(task, "family_metrics", ()) or (task.main_metric,)
+    return float(np.mean([metrics[name] for name in names]))
+
+
+def majority_metrics(task, golds_by_split: dict[str, list]) -> dict[str, float] | None:
+    """Scores of the untrained constant baseline, from the golds alone (None where undefined)."""
+    predictions = {suffix: task.majority_predictions(golds) for suffix, golds in golds_by_split.items()}
+    if any(p is None for p in predictions.values()):
+        return None
+    metrics = suffixed(task, predictions, golds_by_split)
+    return {"main_score": metrics[task.main_metric], "family_score": family_score_of(task, metrics)}
+
+
+def is_degenerate(task, predictions_by_split: dict[str, list], main_score: float, majority: dict | None) -> bool:
+    if is_constant(predictions_by_split):
+        return True
+    return (majority is not None and math.isfinite(majority["main_score"])
+            and abs(main_score - majority["main_score"]) <= DEGENERATE_TOLERANCE)
+
+
+def _resample(values: list, rows: np.ndarray):
+    """values[rows], as an array when the values are numbers (fast metrics), else a list."""
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values)[rows]
+    return [values[i] for i in rows]
+
+
+def split_seed(task_name: str, suffix: str, base: int) -> int:
+    """A fixed resampling seed per (task, report split): every board of the same runs draws alike."""
+    return base + int(hashlib.sha256(f"{task_name}{suffix}".encode()).hexdigest()[:8], 16)
+
+
+@dataclass
+class TaskReplicates:
+    main: dict[tuple[str, int], np.ndarray]  # (method, seed) -> (replicates,) main score
+    family: dict[tuple[str, int], np.ndarray]  # (method, seed) -> (replicates,) family score
+
+
+def task_replicates(task, outcomes: dict[tuple[str, int], dict], replicates: int, seed: int = 0) -> TaskReplicates:
+    """Bootstrap replicates of each run's main and family score on one task. `outcomes` maps
+    (method, seed) to {suffix: {"predictions": [...], "golds": [...]}}; all runs of a task share
+    their report examples, so one index matrix per report split serves every run (pairing)."""
+    first = next(iter(outcomes.values()))
+    golds = {suffix: split["golds"] for suffix, split in first.items()}
+    rows = {suffix: bootstrap_indices(len(g), replicates, split_seed(task.name, suffix, seed)) for suffix, g in golds.items()}
+    main, family = {}, {}
+    for key, run in outcomes.items():
+        main[key], family[key] = np.empty(replicates), np.empty(replicates)
+        for r in range(replicates):
+            metrics = suffixed(task, {s: _resample(run[s]["predictions"], rows[s][r]) for s in golds},
+                               {s: _resample(golds[s], rows[s][r]) for s in golds})
+            main[key][r] = metrics[task.main_metric]
+            family[key][r] = family_score_of(task, metrics)
+    return TaskReplicates(main, family)
