@@ -26,9 +26,17 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
     assert set(zip(runs["params.method"], runs["params.task"], runs["params.seed"])) == {
         (m, t, s) for m in ("vanilla", "load_balancing") for t in ("rte", "stsb") for s in ("0", "1")}
     assert (runs["params.moe.num_experts"] == "4").all() and (runs["params.train.lr"] == "0.001").all()
-    assert runs["tags.moebench.git_commit"].str.len().min() >= 7
+    assert runs["tags.moebench.git_commit"].str.len().min() >= 7  # recorded by the worker, with its versions
+    assert runs["tags.moebench.torch_version"].notna().all() and runs["tags.moebench.transformers_version"].notna().all()
+    assert set(runs["params.model"]) == {"dir-sha256:" + runs["params.model"].iloc[0].split(":")[1]}  # no absolute path
+    assert runs["params.data"].str.startswith("local-sha256:").all() and "params.data_dir" not in runs
     run_id = runs["run_id"].iloc[0]
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "eval/main_score")] == [1, 2]
+    for name in ("select/main_score", "report/main_score"):
+        assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, name)] == [1, 2]
+    # the final score is the report score of the epoch the select split chose
+    for _, run in runs.iterrows():
+        history = {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run["run_id"], "report/main_score")}
+        assert run["metrics.main_score"] == history[int(run["metrics.selected_epoch"])]
     lb = runs[runs["params.method"] == "load_balancing"]
     assert (lb["metrics.train/aux_loss"] > 0).all() and "metrics.train/aux_loss" not in runs[runs["params.method"] == "vanilla"].dropna(axis=1)
 
@@ -49,8 +57,41 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
     rebuilt = subprocess.run([sys.executable, "-m", "moebench.cli", "leaderboard", "--experiment", "e2e",
                               "--output-dir", str(out), "--output", str(tmp_path / "again")], capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert (tmp_path / "again" / "leaderboard.md").read_text() == markdown
+    # from the export alone, in a directory without the store: the same folder, byte for byte
+    exported = tmp_path / "elsewhere"
+    exported.mkdir()
+    (exported / "runs.json.gz").write_bytes((out / "leaderboard" / "runs.json.gz").read_bytes())
+    from_export = subprocess.run([sys.executable, "-m", "moebench.cli", "leaderboard", "--from-export", "runs.json.gz",
+                                  "--output", "board"], capture_output=True, text=True, cwd=exported)
+    assert from_export.returncode == 0, from_export.stderr
+    files = sorted(p.name for p in (out / "leaderboard").iterdir())
+    assert files == ["README.md", "expert_similarity.png", "leaderboard.csv", "leaderboard.md", "runs.json.gz", "scores.png"]
+    for name in files:
+        assert (tmp_path / "again" / name).read_bytes() == (out / "leaderboard" / name).read_bytes(), name
+        assert (exported / "board" / name).read_bytes() == (out / "leaderboard" / name).read_bytes(), name
     readme = (out / "leaderboard" / "README.md").read_text()
-    assert (tmp_path / "again" / "README.md").read_text() == readme
-    assert "`moebench run --methods vanilla,load_balancing --tasks rte,stsb" in readme
+    assert "`moebench run --allow-dirty --methods vanilla,load_balancing --tasks rte,stsb" in readme
     assert runs["tags.moebench.git_commit"].iloc[0] in readme and "Hardware: `CPU" in readme
+    assert "select (best epoch): a fixed held-out 10% of train" in readme and "report: validation" in readme
+    assert "majority (no training)" in markdown and "Difference to the baseline `vanilla`" in readme
+
+
+def test_the_same_experiment_from_two_clones_resumes_and_groups_as_one(tmp_path, data_dir, tiny_model_dir):
+    """Paths differ between clones and machines; a trial's identity must not."""
+    import shutil
+
+    out, env = tmp_path / "out", {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for clone in ("clone_a", "clone_b"):
+        shutil.copytree(os.path.join(data_dir, "glue", "RTE"), tmp_path / clone / "data" / "glue" / "RTE")
+        shutil.copytree(tiny_model_dir, tmp_path / clone / "model")
+    results = []
+    for clone in ("clone_a", "clone_b"):
+        command = [sys.executable, "-m", "moebench.cli", "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "rte",
+                   "--data-dir", str(tmp_path / clone / "data"), "--model", str(tmp_path / clone / "model"), "--epochs", "1",
+                   "--max-train-samples", "16", "--max-eval-samples", "16", "--max-seq-length", "32", "--batch-size", "8",
+                   "--experiment", "clones", "--output-dir", str(out)]
+        results.append(subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path / clone))
+        assert results[-1].returncode == 0, results[-1].stderr[-3000:]
+    assert "1 trials already FINISHED are kept, 0 to run" in results[1].stderr
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    assert len(mlflow.search_runs(experiment_names=["clones"])) == 1
