@@ -19,7 +19,7 @@ RUN_DEFAULTS = {
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
     "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
-    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False,
+    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False, "baseline": "vanilla",
 }
 
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-samples", type=int, help="configurations per method for --search random (default: 1)")
     run.add_argument("--scheduler", help="fifo (default) or asha (needs --search): stop weak configurations early, "
                                          "all seeds together, per method and task")
+    run.add_argument("--baseline", help="method the board compares every other with (default: vanilla)")
     run.add_argument("--allow-dirty", action="store_true", help="run from a moebench checkout with uncommitted changes "
                                                                  "(recorded as <commit>-dirty)")
     parser.run_actions = {action.dest: action for action in run._actions}
@@ -256,7 +257,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
               + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
     summary = run_sweep(cfg, todo, args.command_line) if todo else None
-    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"))
+    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"), baseline=args.baseline)
     if summary and summary.aborted:
         print(f"\nmoebench: the sweep stopped before all trials ended ({summary.aborted}). "
               f"{len(summary.finished)} trials FINISHED are kept in MLflow; rerun the same command to run the rest.",

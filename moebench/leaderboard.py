@@ -1,12 +1,13 @@
-"""Leaderboards built from MLflow alone, so they can be rebuilt at any time.
+"""Leaderboards built from runs alone (read from MLflow or from an export), so they rebuild anywhere.
 
-Rows are methods; columns are each task's main score and each family's average (GLUE
-average, ...). A cell is the mean and sample std over seeds, with n. A family average is taken
-per seed (over the family's tasks that seed finished), then over seeds; each task counts its
-`family_score`, the family's convention (GLUE and SuperGLUE average a task's two official
-metrics, e.g. MRPC F1 and accuracy, CB accuracy and macro-F1). Diagnostic columns
-(expert similarity, routing health, cost) average every finished run of the method, over tasks
-and seeds, at each run's best epoch.
+Rows are methods; columns are each task's main score on the report split and each family's
+average (GLUE average, ...), then diagnostics. Per (method, task) the configuration shown is the
+one best on the *select* split. A cell is the mean over seeds with its 95% interval; marks come
+from paired tests (see `moebench.comparison` and `moebench.stats`); degenerate cells are
+flagged and never marked or ranked; an untrained majority row closes the table. A family
+average is taken per seed (over the family's tasks that seed finished), then over seeds; each
+task counts its `family_score`, the family's convention (e.g. MRPC F1 and accuracy). Diagnostic
+columns average every run of the method, over tasks and seeds, at each run's selected epoch.
 """
 from __future__ import annotations
 
@@ -153,22 +154,22 @@ def current_runs(records: list[dict], warnings: list[str]) -> pd.DataFrame:
 
 
 def check_one_budget(runs: pd.DataFrame) -> None:
-    """Runs that differ in anything but the method, its hyper-parameters, the seed and the searched
-    training options are not comparable: refuse them rather than select between them."""
+    """Runs of a task that differ in anything but the method, its hyper-parameters, the seed and the
+    searched training options are not comparable: refuse them rather than select between them.
+    (Tasks may differ from each other, e.g. MultiRC counts questions where others count rows.)"""
     methods = set(runs["params.method"])
     searched = {p for value in runs.get("params.search.train_params", pd.Series(dtype=str)).dropna() for p in value.split(",") if p}
-    ignore = {"params.method", "params.seed", "params.task", "params.data"} | {f"params.train.{p}" for p in searched}
+    ignore = {"params.method", "params.seed", "params.task"} | {f"params.train.{p}" for p in searched}
     budget = [c for c in runs.columns if c.startswith("params.") and c not in ignore
               and not any(c.startswith(f"params.{m}.") for m in methods)]
-    differing = {c.removeprefix("params."): sorted(map(str, runs[c].fillna("(unset)").unique())) for c in budget
-                 if runs[c].fillna("(unset)").nunique() > 1}
-    for task, group in runs.groupby("params.task"):
-        if "params.data" in group and group["params.data"].nunique() > 1:
-            differing[f"data of {task}"] = sorted(group["params.data"].unique())
-    if differing:
-        detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(differing.items()))
-        raise UsageError(f"the experiment mixes runs of different budgets or data ({detail}); a board compares one "
-                         "budget: give each its own --experiment")
+    problems = []
+    for task, group in runs.groupby("params.task", sort=False):
+        differing = {c.removeprefix("params."): sorted(map(str, group[c].fillna("(unset)").unique())) for c in budget
+                     if group[c].fillna("(unset)").nunique() > 1}
+        problems += [f"{task} {name}: {', '.join(values)}" for name, values in sorted(differing.items())]
+    if problems:
+        raise UsageError(f"the experiment mixes runs of different budgets or data ({'; '.join(problems)}); a board "
+                         "compares one budget per task: give each its own --experiment")
 
 
 def select_configurations(runs: pd.DataFrame, higher_is_better: dict[str, bool]) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:

@@ -59,7 +59,10 @@ def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str 
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
-        location = Path(artifact_dir).resolve().as_uri() if artifact_dir and tracking_uri.startswith("sqlite:") else None
+        location = None  # a server decides; an SQLite store keeps artifacts beside its database, never in ./mlruns
+        if tracking_uri.startswith("sqlite:///"):
+            database_dir = os.path.dirname(os.path.abspath(tracking_uri.removeprefix("sqlite:///")))
+            location = Path(artifact_dir or os.path.join(database_dir, "artifacts")).resolve().as_uri()
         return client, client.create_experiment(experiment, artifact_location=location)
 
 

@@ -159,8 +159,10 @@ def test_a_lower_is_better_metric_is_honoured_by_selection_ranking_and_marks(gol
 
 def test_runs_of_different_budgets_are_refused_naming_what_differs():
     runs = [record("a", "rte", 0, 0.6), record("b", "rte", 0, 0.6, **{"train.epochs": "3"})]
-    with pytest.raises(UsageError, match=r"train.epochs: 2, 3"):
+    with pytest.raises(UsageError, match=r"rte train.epochs: 2, 3"):
         leaderboard.build(runs, "exp")
+    other_task = [record("a", "rte", 0, 0.6), record("a", "sst2", 0, 0.6, **{"train.max_train_samples": "52"})]
+    assert leaderboard.build(other_task, "exp").rows["a"]["sst2"].values == [0.6]  # tasks may differ from each other
     searched = [record("a", "rte", 0, 0.6, config="x", **{"train.lr": "1e-4", "search.train_params": "lr"}),
                 record("a", "rte", 0, 0.7, config="y", **{"train.lr": "2e-4", "search.train_params": "lr"})]
     assert leaderboard.build(searched, "exp").rows["a"]["rte"].values == [0.7]  # a searched lr is not a budget
