@@ -226,7 +226,7 @@ def check_experiment_budget(uri: str, experiment: str, trials) -> None:
     from moebench.export import records_from_mlflow
     from moebench.leaderboard import check_one_budget, current_runs
 
-    existing = current_runs(records_from_mlflow(uri, experiment), [])
+    existing = current_runs(records_from_mlflow(uri, experiment, artifacts=False), [])
     if existing.empty:
         return
     new = pd.DataFrame([{f"params.{k}": v for k, v in t.flat_params().items()} for t in trials])

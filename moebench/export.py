@@ -16,8 +16,9 @@ import os
 FORMAT = "moebench-runs/1"
 
 
-def records_from_mlflow(tracking_uri: str, experiment: str) -> list[dict]:
-    """Every run of the experiment (any status), oldest first."""
+def records_from_mlflow(tracking_uri: str, experiment: str, artifacts: bool = True) -> list[dict]:
+    """Every run of the experiment (any status), oldest first; without `artifacts`, no per-epoch
+    history or predictions (a quick look at what the experiment holds)."""
     from mlflow.tracking import MlflowClient
 
     from moebench.tracking import HISTORY, REPORT_OUTCOMES
@@ -29,8 +30,8 @@ def records_from_mlflow(tracking_uri: str, experiment: str) -> list[dict]:
         return []
     records = []
     for run in client.search_runs([found.experiment_id], max_results=50000, order_by=["attributes.start_time ASC"]):
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        read = lambda name: json.loads(_read_artifact(client, run.info.run_id, name)) if name in artifacts else None
+        stored = {a.path for a in client.list_artifacts(run.info.run_id)} if artifacts else set()
+        read = lambda name: json.loads(_read_artifact(client, run.info.run_id, name)) if name in stored else None
         records.append({
             "run_id": run.info.run_id,
             "status": run.info.status,

@@ -231,6 +231,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(1, int(cfg.warmup_ratio * total_steps))))
     order = torch.Generator().manual_seed(trial.seed)
 
+    select_metric = select_metric_name(task)
     history: list[dict[str, float]] = []
     outcomes_by_epoch: list[dict[str, Outcomes]] = []
     start = time.perf_counter()
@@ -256,7 +257,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
                 if role == "report" and outcomes is not None:
                     outcomes_by_epoch[-1][suffix] = outcomes
             metrics.update({f"{role}/{k}": v for k, v in scores.items()})
-            metrics[f"{role}/main_score"] = scores[task.main_metric] if role == "report" else scores[task.main_metric.removesuffix(main_suffix(task))]
+            metrics[f"{role}/main_score"] = scores[task.main_metric if role == "report" else select_metric]
         metrics["report/family_score"] = family_score(task, {k.removeprefix("report/"): v for k, v in metrics.items()})
         metrics.update({f"diagnostics/{k}": v for k, v in diagnose(model, probe).items()})
         metrics["epoch"] = epoch
@@ -280,7 +281,8 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     return TrialResult(final, outcomes_by_epoch[chosen])
 
 
-def main_suffix(task) -> str:
-    """The report split suffix of the main metric ("_m" for MNLI's matched accuracy): the select
-    split is one split, scored without suffixes."""
-    return next((suffix for suffix in task.eval_splits if suffix and task.main_metric.endswith(suffix)), "")
+def select_metric_name(task) -> str:
+    """The main metric as the select split names it: it is one split, scored without the report
+    splits' suffixes (MNLI's main metric `accuracy_m` is `accuracy` there)."""
+    suffix = next((s for s in task.eval_splits if s and task.main_metric.endswith(s)), "")
+    return task.main_metric.removesuffix(suffix)

@@ -84,3 +84,11 @@ def test_subset_is_fixed_across_calls():
     assert subset(items, 10) == subset(items, 10)
     assert subset(items, 10) != items[:10]
     assert subset(items, None) is items
+
+
+def test_the_select_split_names_the_main_metric_without_report_suffixes():
+    from moebench.registry import TASKS
+    from moebench.train import select_metric_name
+
+    assert select_metric_name(TASKS.get("mnli")) == "accuracy"  # reported as accuracy_m / accuracy_mm
+    assert select_metric_name(TASKS.get("stsb")) == "spearman"
