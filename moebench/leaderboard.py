@@ -352,7 +352,7 @@ def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
 LEGEND = (
     "task scores × 100 on the report split, mean ± half-width of its 95% CI (Student t over seeds; one seed: paired "
     "bootstrap over examples), n seeds; {best} best mean per column, {tie} not significantly different from it "
-    "(paired test: t over seeds, or the example bootstrap with one seed; Holm-corrected over methods, p ≥ 0.05); "
+    "(paired test: t over seeds from 3 seeds, else the example bootstrap; Holm-corrected over methods, p ≥ 0.05); "
     "†k: k runs with degenerate predictions (constant, or the majority-class score), never marked or ranked; "
     "mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std over all runs of a method."
 )

@@ -123,13 +123,18 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return {k: out[k] for k in pvalues}  # input order
 
 
+# With 2 seeds the paired t-test has one degree of freedom: two nearly equal differences make it
+# call a difference certain (p -> 0). From 3 seeds on it decides; below, the example bootstrap does.
+MIN_SEEDS_FOR_T = 3
+
+
 @dataclass
 class Comparison:
     difference: float  # point[m] - point[reference]
     interval: tuple[float, float]  # percentile CI of the paired replicate differences
     bootstrap_p: float  # example-resampling p (bootstrap_pvalue of the replicate differences)
     seed_p: float  # paired t-test over seeds; NaN with fewer than 2 seeds
-    p: float  # the p used for significance: seed_p if not NaN, else bootstrap_p
+    p: float  # the p used for significance: seed_p with >= MIN_SEEDS_FOR_T seeds, else bootstrap_p
     p_holm: float  # p Holm-adjusted over all non-reference methods
 
 
@@ -139,9 +144,9 @@ def compare(point: dict[str, float], replicates: dict[str, np.ndarray], seed_sco
 
     The interval always comes from the paired example bootstrap. The p used for significance (`p`, then
     Holm-adjusted over all non-reference methods into `p_holm`) is the paired t-test over seeds when there
-    are >= 2 seeds: with several seeds, seed-to-seed training variation is the larger source of noise and the
-    example bootstrap (which holds the trained models fixed) would overstate significance. With one seed only
-    example resampling is available, so `p` falls back to bootstrap_p.
+    are >= MIN_SEEDS_FOR_T seeds: with several seeds, seed-to-seed training variation is the larger source of
+    noise and the example bootstrap (which holds the trained models fixed) would overstate significance. With
+    fewer seeds (one: no test at all; two: one degree of freedom) `p` falls back to bootstrap_p.
     """
     if reference not in point:
         raise KeyError(f"reference {reference!r} not among {sorted(point)}")
@@ -154,7 +159,8 @@ def compare(point: dict[str, float], replicates: dict[str, np.ndarray], seed_sco
         seed_p = paired_t_pvalue(seed_scores[m], seed_scores[reference])
         boot_p = bootstrap_pvalue(d)
         raw[m] = Comparison(difference=float(point[m] - point[reference]), interval=percentile_interval(d, level),
-                            bootstrap_p=boot_p, seed_p=seed_p, p=boot_p if math.isnan(seed_p) else seed_p,
+                            bootstrap_p=boot_p, seed_p=seed_p,
+                            p=seed_p if len(seed_scores[m]) >= MIN_SEEDS_FOR_T and not math.isnan(seed_p) else boot_p,
                             p_holm=math.nan)
     adjusted = holm({m: c.p for m, c in raw.items()})
     for m, c in raw.items():

@@ -113,3 +113,13 @@ def test_compare_one_seed_falls_back_to_bootstrap_p():
     assert math.isnan(c.seed_p) and c.p == c.bootstrap_p == 0.0 and c.p_holm == 0.0
     with pytest.raises(KeyError):
         compare(res.point, res.replicates, res.seed_scores, reference="nope")
+
+
+def test_two_seeds_are_too_few_for_the_t_test():
+    """Two equal nonzero differences would make t infinite (p 0): with < 3 seeds the bootstrap decides."""
+    point = {"ref": 0.5, "m": 0.51}
+    replicates = {"ref": np.array([0.5, 0.52, 0.48, 0.5]), "m": np.array([0.49, 0.53, 0.5, 0.52])}
+    comparison = compare(point, replicates, {"ref": [0.50, 0.50], "m": [0.51, 0.51]}, "ref")["m"]
+    assert comparison.seed_p == 0.0 and comparison.p == comparison.bootstrap_p == bootstrap_pvalue(replicates["m"] - replicates["ref"])
+    three = compare(point, replicates, {"ref": [0.50, 0.50, 0.49], "m": [0.51, 0.52, 0.50]}, "ref")["m"]
+    assert three.p == three.seed_p == paired_t_pvalue([0.51, 0.52, 0.50], [0.50, 0.50, 0.49])
