@@ -282,7 +282,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
                 seed_main[column][m][s] = float(np.mean([seed_family[t][m][s] for t in members]))
                 if all((m, s) in boot_family.get(t, {}) for t in members):
                     boot_main[column][(m, s)] = np.mean([boot_family[t][(m, s)] for t in members], axis=0)
-        degenerate.update({column: {m: 0 for m in methods}})  # a family mean is judged through its tasks
+        # a family mean over degenerate runs is no better than they are: it carries their count
+        degenerate[column] = {m: sum(degenerate[t][m] for t in members) for m in methods}
 
     rows: dict[str, dict[str, Cell]] = {m: {} for m in methods}
     to_baseline, to_best = {}, {}
@@ -304,9 +305,9 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         if candidates:
             best = max(candidates, key=lambda m: (sign * point[m], m))
             to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best)
-    for column in score_columns:
+    for column in tasks:
         for m in methods:
-            if column in degenerate and rows[m][column].degenerate:
+            if rows[m][column].degenerate:
                 warnings.append(f"{m} on {column}: {rows[m][column].degenerate} of {rows[m][column].n} runs degenerate "
                                 "(constant predictions or the majority-class score): not ranked or marked")
     for name in diagnostics:
@@ -353,7 +354,8 @@ LEGEND = (
     "task scores × 100 on the report split, mean ± half-width of its 95% CI (Student t over seeds; one seed: paired "
     "bootstrap over examples), n seeds; {best} best mean per column, {tie} not significantly different from it "
     "(paired test: t over seeds from 3 seeds, else the example bootstrap; Holm-corrected over methods, p ≥ 0.05); "
-    "†k: k runs with degenerate predictions (constant, or the majority-class score), never marked or ranked; "
+    "†k: k runs with degenerate predictions (constant, or the majority-class score; for a family average, in its "
+    "tasks), never marked or ranked; "
     "mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std over all runs of a method."
 )
 

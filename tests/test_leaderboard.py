@@ -111,6 +111,7 @@ def test_constant_predictions_are_flagged_never_marked_and_not_ranked(golds):
     assert any("flat on rte: 1 of 1 runs degenerate" in w for w in board.warnings)
     markdown = leaderboard.to_markdown(board)
     assert "†1" in markdown and f"| majority (no training) | — | {100 * majority:.2f} |" in markdown
+    assert board.rows["flat"]["glue_avg"].degenerate == 1 and board.marks["glue_avg"]["flat"] == ""  # nor its family mean
 
 
 @pytest.mark.parametrize("task, golds, constant, group, metric", [
