@@ -100,18 +100,15 @@ def interval_of_mean(values: list[float], replicates: np.ndarray | None) -> tupl
     return percentile_interval(replicates) if replicates is not None else (math.nan, math.nan)
 
 
-def mark_best(cells: dict[str, Cell], to_best: dict[str, Comparison], higher_is_better: bool = True) -> dict[str, str]:
-    """The best mean among non-degenerate cells, and the methods whose paired difference to it is
-    not significant after Holm's correction (p >= 0.05; see `moebench.stats.compare`)."""
-    ranked = {m: c for m, c in cells.items() if c.n and not c.degenerate and math.isfinite(c.mean)}
-    if not ranked:
-        return {m: "" for m in cells}
-    sign = 1.0 if higher_is_better else -1.0
-    best = max(ranked, key=lambda m: (sign * ranked[m].mean, m))
-    marks = {m: "" for m in cells} | {best: "best"}
-    for method in ranked:
-        comparison = to_best.get(method)
-        if method != best and comparison is not None and not comparison.p_holm < SIGNIFICANCE:
+def mark_best(methods: list[str], best: str | None, to_best: dict[str, Comparison]) -> dict[str, str]:
+    """The best mean (among non-degenerate cells with stored predictions), and the methods whose
+    paired difference to it is not significant after Holm's correction (p >= 0.05; see
+    `moebench.stats.compare`). Cells outside that comparison are never marked."""
+    marks = {m: "" for m in methods}
+    if best is not None:
+        marks[best] = "best"
+    for method, comparison in to_best.items():
+        if not comparison.p_holm < SIGNIFICANCE:
             marks[method] = "tie"
     return marks
 
@@ -286,7 +283,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         degenerate[column] = {m: sum(degenerate[t][m] for t in members) for m in methods}
 
     rows: dict[str, dict[str, Cell]] = {m: {} for m in methods}
-    to_baseline, to_best = {}, {}
+    to_baseline, to_best, best_of = {}, {}, {}
     for column in score_columns:
         for m in methods:
             values = [seed_main[column][m][s] for s in sorted(seed_main[column][m])]
@@ -303,8 +300,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         if baseline in paired:
             to_baseline[column] = compare(point, reps, seeds, baseline)
         if candidates:
-            best = max(candidates, key=lambda m: (sign * point[m], m))
-            to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best)
+            best_of[column] = max(candidates, key=lambda m: (sign * point[m], m))
+            to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best_of[column])
     for column in tasks:
         for m in methods:
             if rows[m][column].degenerate:
@@ -315,7 +312,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
             rows[m][name] = Cell(runs.loc[runs["params.method"] == m, f"metrics.{name}"].dropna().tolist())
     ranks = mean_ranks(rows, tasks, higher)
     rows = {m: rows[m] for m in sorted(rows, key=lambda m: (math.isnan(ranks[m]), ranks[m], m))}
-    marks = {c: mark_best({m: rows[m][c] for m in rows}, to_best.get(c, {}), higher[c]) for c in score_columns}
+    marks = {c: mark_best(list(rows), best_of.get(c), to_best.get(c, {})) for c in score_columns}
     searched = any(n > 1 for n in configurations.values())
     return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
                        configurations if searched else {}, baseline if baseline in methods else None, to_baseline, to_best, warnings,
