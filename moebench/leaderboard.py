@@ -23,7 +23,7 @@ from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
 from moebench.stats import Comparison, compare, percentile_interval
 from moebench.tracking import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC,
-                               TAG_STOPPED_EARLY)
+                               TAG_SPLITS, TAG_STOPPED_EARLY)
 
 
 # metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.
@@ -79,6 +79,11 @@ class Leaderboard:
     stopped: list[str] = field(default_factory=list)  # configurations ASHA stopped early
     replicates: int = 0
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the runs on the board (selected configurations)
+
+    @property
+    def splits(self) -> str:
+        """Which split trained, which selected and which reported (from the runs' tags)."""
+        return " | ".join(distinct(self.runs, f"tags.{TAG_SPLITS}")) or "unknown"
 
     @property
     def task_columns(self) -> list[str]:
@@ -389,6 +394,8 @@ def to_markdown(board: Leaderboard) -> str:
     lines = [
         f"Experiment `{board.experiment}` — " + LEGEND.format(best="**bold**:", tie="≈:"),
         "",
+        f"Splits — {board.splits}.",
+        "",
         "| " + " | ".join(headers(board)) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(headers(board)) - 1)) + "|",
     ]
@@ -427,6 +434,7 @@ def to_latex(board: Leaderboard) -> str:
     escape = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("↓", r"$\downarrow$").replace("†", r"$\dagger$")
     lines = [
         "% " + LEGEND.format(best="bold:", tie="approx:"),
+        f"% Splits: {board.splits}.",
         r"\begin{tabular}{l" + "r" * (len(headers(board)) - 1) + "}",
         r"\toprule",
         " & ".join(escape(h) for h in headers(board)) + r" \\",
@@ -444,6 +452,7 @@ def to_html(board: Leaderboard) -> str:
     cell = lambda tag, text: f"<{tag}>{text}</{tag}>"
     lines = [
         f"<p>Experiment <code>{escape(board.experiment)}</code>: {escape(LEGEND.format(best='bold:', tie='≈:'))}</p>",
+        f"<p>Splits: {escape(board.splits)}.</p>",
         "<table>",
         "<tr>" + "".join(cell("th", escape(h)) for h in headers(board)) + "</tr>",
     ]
