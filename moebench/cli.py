@@ -159,6 +159,9 @@ def validate(cfg, named: set[str] = frozenset()):
         raise UsageError(f"--cpus-per-trial must be > 0, got {cfg.cpus_per_trial}")
     if cfg.gpus_per_trial is not None and cfg.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {cfg.gpus_per_trial}")
+    if cfg.gpus_per_trial is not None and cfg.gpus_per_trial > 1:
+        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: a trial trains on one device, so more than 1 GPU per "
+                         "trial would only idle; give 1, or a fraction (0.5, 0.25) to run several trials per GPU")
     data_dir = resolve_data_dir(cfg.data_dir)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir!r} is not a directory")

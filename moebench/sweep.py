@@ -104,13 +104,14 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
     import ray
     from ray import tune
 
-    gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     os.environ["MOEBENCH_TRIAL_THREADS"] = str(max(1, int(cfg.cpus_per_trial)))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
              runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
                                        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
                                        "TOKENIZERS_PARALLELISM": "false"}})
+    # The default follows the cluster's GPUs, not the driver's: a cluster's head often has none.
+    gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
     summary = SweepSummary()
     bar = tqdm(total=len(trials), desc="trials", unit="trial")
 

@@ -37,6 +37,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--methods", "vanilla,omoe", "--tasks", "rte", "--search", "grid"], "different budgets (vanilla 4, omoe 288"),
         (["--methods", "vanilla,omoe", "--tasks", "rte", "--search", "random", "--num-samples", "5"], "distinct configurations of vanilla (4)"),
         (["--methods", "vanilla", "--tasks", "rte", "--select", "worst"], "--select must be best or last"),
+        (["--methods", "vanilla", "--tasks", "rte", "--gpus-per-trial", "2"], "a trial trains on one device"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_dir, args, expected):
