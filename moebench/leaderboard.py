@@ -106,14 +106,17 @@ def interval_of_mean(values: list[float], replicates: np.ndarray | None) -> tupl
 
 
 def mark_best(methods: list[str], best: str | None, to_best: dict[str, Comparison]) -> dict[str, str]:
-    """The best mean (among non-degenerate cells with stored predictions), and the methods whose
-    paired difference to it is not significant after Holm's correction (p >= 0.05; see
-    `moebench.stats.compare`). Cells outside that comparison are never marked."""
+    """The best mean (among non-degenerate cells with stored predictions; every method that equals
+    it exactly, so no name wins a tie), and the methods whose paired difference to it is not
+    significant after Holm's correction (p >= 0.05; see `moebench.stats.compare`). Cells outside
+    that comparison are never marked."""
     marks = {m: "" for m in methods}
     if best is not None:
         marks[best] = "best"
     for method, comparison in to_best.items():
-        if not comparison.p_holm < SIGNIFICANCE:
+        if comparison.difference == 0:
+            marks[method] = "best"
+        elif not comparison.p_holm < SIGNIFICANCE:
             marks[method] = "tie"
     return marks
 

@@ -188,3 +188,11 @@ def test_formats_carry_the_marks_and_the_majority_row(golds):
     frame = leaderboard.to_frame(board).set_index("method")
     assert frame.loc["b", "rte_diff_baseline"] == pytest.approx((50 - 30) / 60)
     assert frame.loc["majority (no training)", "rte_mean"] == pytest.approx(board.majority["rte"])
+
+
+def test_methods_that_equal_the_best_are_all_bold(golds):
+    predictions = accuracy_predictions(golds, 40, np.random.default_rng(5))
+    runs = [record(m, "rte", 0, 40 / 60, predictions=predictions, golds=golds) for m in ("a", "b")]
+    runs.append(record("c", "rte", 0, 30 / 60, predictions=accuracy_predictions(golds, 30, np.random.default_rng(5)), golds=golds))
+    board = leaderboard.build(runs, "exp", replicates=50)
+    assert board.marks["rte"]["a"] == board.marks["rte"]["b"] == "best" and board.marks["rte"]["c"] != "best"
