@@ -13,23 +13,14 @@ benchmark (see benchmarks/README.md).
 """
 import argparse
 import copy
-import functools
 import statistics
 import time
 
 import torch
-from interleave import print_ratios, random_batch
+from interleave import print_ratios, random_batch, train_steps
 
 from moebench.moe.layer import set_dispatch_mode
 from moebench.moe.upcycle import MoEConfig, MoEModel, default_model_path, load_pretrained
-
-
-def train_step(model, optimizer, batch):
-    output = model(**batch)
-    output = output[0] if isinstance(output, tuple) else output
-    output.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def interleaved_clocks(steps, rounds):
@@ -68,11 +59,7 @@ def main():
             model = copy.deepcopy(base)
             set_dispatch_mode(model, mode)
             models[f"top-{k} {mode}"] = model
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
-    batch = random_batch(args.batch, args.seq)
-    for model in models.values():
-        model.train()
-    steps = {name: functools.partial(train_step, model, optimizers[name], batch) for name, model in models.items()}
+    steps = train_steps(models, random_batch(args.batch, args.seq))
     times = interleaved_clocks(steps, args.rounds)
     print(f"MiniLM train step, batch {args.batch} x seq {args.seq}, E={args.experts}, {torch.get_num_threads()} threads, "
           f"{args.rounds} interleaved rounds")

@@ -1,5 +1,6 @@
 """Timing shared by the benchmarks: steps of several setups interleaved round by round, so
 that machine noise hits them all alike; ratios of medians are what the benchmarks report."""
+import functools
 import statistics
 import time
 from typing import Callable
@@ -15,6 +16,23 @@ def random_batch(batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]
         "attention_mask": torch.ones(batch, seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (batch,), generator=g),
     }
+
+
+def train_steps(models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], lr: float = 1e-5) -> dict[str, Callable[[], None]]:
+    """One AdamW train step per model on the same batch, as zero-argument callables to time."""
+
+    def step(model, optimizer):
+        output = model(**batch)
+        output = output[0] if isinstance(output, tuple) else output  # an MoEModel returns (output, routing)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        steps[name] = functools.partial(step, model, torch.optim.AdamW(model.parameters(), lr=lr))
+    return steps
 
 
 def interleaved_times(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

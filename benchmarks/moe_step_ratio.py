@@ -7,20 +7,11 @@ the medians' ratios are printed. Targets: top-1 <= 1.0x, top-2 <= 1.4x.
     python benchmarks/moe_step_ratio.py [--rounds 7] [--batch 32] [--seq 128]
 """
 import argparse
-import functools
 
 import torch
-from interleave import interleaved_times, print_ratios, random_batch
+from interleave import interleaved_times, print_ratios, random_batch, train_steps
 
 from moebench.moe.upcycle import MoEConfig, MoEModel, default_model_path, load_pretrained
-
-
-def train_step(model, optimizer, batch):
-    output = model(**batch)
-    output = output[0] if isinstance(output, tuple) else output
-    output.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def main():
@@ -37,11 +28,7 @@ def main():
     models = {"dense": dense}
     for k in (1, 2):
         models[f"moe top-{k}"] = MoEModel(load_pretrained(path, "AutoModelForSequenceClassification", num_labels=2), MoEConfig(args.experts, k))
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
-    batch = random_batch(args.batch, args.seq)
-    for model in models.values():
-        model.train()
-    steps = {name: functools.partial(train_step, model, optimizers[name], batch) for name, model in models.items()}
+    steps = train_steps(models, random_batch(args.batch, args.seq))
     times = interleaved_times(steps, args.rounds)
     print(f"MiniLM train step, batch {args.batch} x seq {args.seq}, E={args.experts}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds")
