@@ -227,9 +227,9 @@ def check_experiment_budget(uri: str, experiment: str, trials) -> None:
     import pandas as pd
 
     from moebench.export import records_from_mlflow
-    from moebench.leaderboard import check_one_budget, current_runs
+    from moebench.leaderboard import check_one_budget, current_runs, frame
 
-    existing = current_runs(records_from_mlflow(uri, experiment, artifacts=False), [])
+    existing = current_runs(frame(records_from_mlflow(uri, experiment, artifacts=False)), [])
     if existing.empty:
         return
     new = pd.DataFrame([{f"params.{k}": v for k, v in t.flat_params().items()} for t in trials])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moebench.stats import bootstrap_indices
+from moebench.task import family_score
 
 DEGENERATE_TOLERANCE = 1e-9
 
@@ -42,11 +43,6 @@ def suffixed(task, predictions_by_split: dict[str, list], golds_by_split: dict[s
     return metrics
 
 
-def family_score_of(task, metrics: dict[str, float]) -> float:
-    names = getattr(task, "family_metrics", ()) or (task.main_metric,)
-    return float(np.mean([metrics[name] for name in names]))
-
-
 def majority_metrics(task, golds_by_split: dict[str, list]) -> dict[str, float] | None:
     """Scores of the untrained constant baseline, from the golds alone (None where undefined)."""
     predictions = {suffix: task.majority_predictions(golds) for suffix, golds in golds_by_split.items()}
@@ -55,7 +51,7 @@ def majority_metrics(task, golds_by_split: dict[str, list]) -> dict[str, float] 
     with warnings.catch_warnings():  # a correlation of a constant is undefined: NaN, said on the board as "—"
         warnings.simplefilter("ignore")
         metrics = suffixed(task, predictions, golds_by_split)
-    return {"main_score": metrics[task.main_metric], "family_score": family_score_of(task, metrics)}
+    return {"main_score": metrics[task.main_metric], "family_score": family_score(task, metrics)}
 
 
 def is_degenerate(task, predictions_by_split: dict[str, list], main_score: float, majority: dict | None) -> bool:
@@ -65,11 +61,15 @@ def is_degenerate(task, predictions_by_split: dict[str, list], main_score: float
             and abs(main_score - majority["main_score"]) <= DEGENERATE_TOLERANCE)
 
 
-def _resample(values: list, rows: np.ndarray):
-    """values[rows], as an array when the values are numbers (fast metrics), else a list."""
+def _indexable(values: list):
+    """Numbers as an array (fast metrics, fancy indexing), anything else as the list it is."""
     if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return np.asarray(values)[rows]
-    return [values[i] for i in rows]
+        return np.asarray(values)
+    return values
+
+
+def _take(values, rows: np.ndarray):
+    return values[rows] if isinstance(values, np.ndarray) else [values[i] for i in rows]
 
 
 def split_seed(task_name: str, suffix: str, base: int) -> int:
@@ -88,14 +88,15 @@ def task_replicates(task, outcomes: dict[tuple[str, int], dict], replicates: int
     (method, seed) to {suffix: {"predictions": [...], "golds": [...]}}; all runs of a task share
     their report examples, so one index matrix per report split serves every run (pairing)."""
     first = next(iter(outcomes.values()))
-    golds = {suffix: split["golds"] for suffix, split in first.items()}
+    golds = {suffix: _indexable(split["golds"]) for suffix, split in first.items()}
     rows = {suffix: bootstrap_indices(len(g), replicates, split_seed(task.name, suffix, seed)) for suffix, g in golds.items()}
-    main, family = {}, {}
-    for key, run in outcomes.items():
-        main[key], family[key] = np.empty(replicates), np.empty(replicates)
-        for r in range(replicates):
-            metrics = suffixed(task, {s: _resample(run[s]["predictions"], rows[s][r]) for s in golds},
-                               {s: _resample(golds[s], rows[s][r]) for s in golds})
+    predictions = {key: {s: _indexable(run[s]["predictions"]) for s in golds} for key, run in outcomes.items()}
+    main = {key: np.empty(replicates) for key in outcomes}
+    family = {key: np.empty(replicates) for key in outcomes}
+    for r in range(replicates):
+        resampled_golds = {s: _take(golds[s], rows[s][r]) for s in golds}
+        for key, run in predictions.items():
+            metrics = suffixed(task, {s: _take(run[s], rows[s][r]) for s in golds}, resampled_golds)
             main[key][r] = metrics[task.main_metric]
-            family[key][r] = family_score_of(task, metrics)
+            family[key][r] = family_score(task, metrics)
     return TaskReplicates(main, family)

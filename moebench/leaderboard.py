@@ -144,9 +144,8 @@ def frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
-def current_runs(records: list[dict], warnings: list[str]) -> pd.DataFrame:
-    """Finished runs of this code's protocol, one per fingerprint (the newest)."""
-    runs = frame(records)
+def current_runs(runs: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """Of all runs (`frame`), the finished ones of this code's protocol, one per fingerprint (the newest)."""
     if runs.empty:
         return runs
     protocol = runs["params.protocol"] if "params.protocol" in runs else pd.Series("1", index=runs.index)
@@ -203,9 +202,8 @@ def describe_configuration(row, columns, method: str) -> str:
     return ", ".join(f"{c.removeprefix('params.').removeprefix(method + '.')}={row[c]}" for c in names if pd.notna(row.get(c)))
 
 
-def stopped_configurations(records: list[dict]) -> list[str]:
-    """Configurations the early-stopping scheduler stopped, for the board's README."""
-    runs = frame(records)
+def stopped_configurations(runs: pd.DataFrame) -> list[str]:
+    """Of all runs (`frame`), the configurations the early-stopping scheduler stopped, for the board's README."""
     if runs.empty or f"tags.{TAG_STOPPED_EARLY}" not in runs:
         return []
     stopped = runs[runs[f"tags.{TAG_STOPPED_EARLY}"].notna()]
@@ -222,7 +220,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     from moebench.registry import TASKS
 
     warnings: list[str] = []
-    runs = current_runs(records, warnings)
+    every_run = frame(records)
+    runs = current_runs(every_run, warnings)
     if runs.empty:
         raise UsageError(f"experiment {experiment!r} has no finished runs of this protocol")
     check_one_budget(runs)
@@ -324,7 +323,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     searched = any(n > 1 for n in configurations.values())
     return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
                        configurations if searched else {}, baseline if baseline in methods else None, to_baseline, to_best, warnings,
-                       stopped_configurations(records), replicates, runs)
+                       stopped_configurations(every_run), replicates, runs)
 
 
 def format_score(cell: Cell) -> str:

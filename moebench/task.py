@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, ClassVar, Protocol
 
+import numpy as np
+
 from moebench.errors import UsageError
 
 DATA_DIR_ENV = "MOEBENCH_DATA_DIR"
@@ -75,6 +77,13 @@ class Task(Protocol):
         smallest) or the mean gold value for regression; MultiRC the most frequent option label
         for every option; NER "O" for every word; SQuAD "" for every question. None where no
         constant answer exists (ReCoRD). Metrics undefined on a constant may come out NaN."""
+
+
+def family_score(task, metrics: dict[str, float]) -> float:
+    """The task's share of its family average, by the family's convention (e.g. SuperGLUE's CB
+    counts the mean of accuracy and macro-F1)."""
+    names = getattr(task, "family_metrics", ()) or (task.main_metric,)
+    return float(np.mean([metrics[name] for name in names]))
 
 
 def check_splits(task: Task, data_dir: str | None, splits: list[str], known: list[str],

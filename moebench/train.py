@@ -25,7 +25,7 @@ from moebench.moe.diagnostics import diagnose
 from moebench.moe.upcycle import MoEModel, build_moe_model, load_tokenizer
 from moebench.registry import METHODS, TASKS
 from moebench.splits import Split
-from moebench.task import report_splits
+from moebench.task import family_score, report_splits
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
@@ -150,13 +150,6 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
         return task.score(predictions, features, examples), None
     outcomes = Outcomes(*task.outcomes(predictions, features, examples))
     return task.score(predictions, features, examples), outcomes
-
-
-def family_score(task, metrics: dict[str, float]) -> float:
-    """The task's share of its family average, by the family's convention (e.g. SuperGLUE's CB
-    counts the mean of accuracy and macro-F1)."""
-    names = getattr(task, "family_metrics", ()) or (task.main_metric,)
-    return float(np.mean([metrics[name] for name in names]))
 
 
 def load_split(task, expression: str, data_dir: str | None, limit: int | None) -> list[dict]:
