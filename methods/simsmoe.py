@@ -12,11 +12,13 @@ custom_gates.py `CustomNaiveGate_Balance_SMoE`, custom_layers.py, losses/cka.py)
   the kernel CKA of the two projected outputs (RBF with `sigma`, or linear), added only when it
   exceeds `sim_threshold`.
 - Loss per layer: L_bal + contrastive_rate * sum of penalised CKAs; total: balance_coef times
-  that. L_bal is the Switch loss, the same function as `load_balancing`.
+  that. L_bal is the official `set_load_balance` (custom_gates.py): E * sum_i f_i * p_i with
+  f_i the share of the N*k token->expert assignments and p_i = sum_t softmax_i(t) / (N*k), i.e.
+  the Switch loss of `load_balancing` divided by k. At the same coefficient, simsmoe's balancing
+  pressure is therefore 1/k of load_balancing's, as in the official code (`simsmoe_balance_loss`).
 
 Choices of moebench, where the official code is silent or differs:
-- Layers are averaged, not summed, so `simsmoe` and `load_balancing` with the same
-  balance_coef apply the same balancing pressure and differ only in the CKA term (the official
+- Layers are averaged, not summed, so a coefficient means the same at any depth (the official
   sum over L layers equals balance_coef * L here).
 - With top-1 routing no token is shared; a token's pair is then its two most probable experts
   (top-1 and runner-up), and both experts are run on it for the penalty. For top-2 this is
@@ -33,6 +35,12 @@ from moebench.method import Method
 from moebench.methods.load_balancing import switch_aux_loss
 from moebench.moe.layer import Routing
 from moebench.moe.similarity import kernel_cka, linear_cka
+
+
+def simsmoe_balance_loss(routing: Routing) -> torch.Tensor:
+    """The official balance term: the Switch loss with probabilities averaged over the N*k
+    assignments instead of the N tokens, so 1/k of it."""
+    return switch_aux_loss(routing) / routing.expert_index.shape[1]
 
 
 def top2_pair_codes(routing: Routing) -> torch.Tensor:
@@ -114,7 +122,7 @@ class SimSMoE(Method):
         return penalty
 
     def loss(self, routing: list[Routing]) -> dict[str, torch.Tensor]:
-        balance = torch.stack([switch_aux_loss(r) for r in routing]).mean()
+        balance = torch.stack([simsmoe_balance_loss(r) for r in routing]).mean()
         penalty = torch.stack([self.pair_penalty(r, h, t) for r, h, t in zip(routing, self.heads, self.trackers)]).mean()
         return {
             "aux_loss": self.params.balance_coef * balance,

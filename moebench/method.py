@@ -7,7 +7,10 @@ only the hooks it needs:
 - `attach(model)`              once, after the MoE model is built (keep per-layer state here);
 - `loss(routing)`              every training forward: named auxiliary losses, added to the task loss;
 - `before_step(optimizer)`     after backward, before the optimizer step (gradient surgery);
-- `after_step(optimizer)`      after the optimizer step (projected updates, bookkeeping).
+- `after_step(optimizer)`      after the optimizer step (projected updates, bookkeeping);
+- `diagnostics()`              once per epoch: measurements of the method's own state (e.g. how
+                               much of an update a projection removed), logged beside the
+                               trial's expert diagnostics.
 
 Losses are returned, never kept in globals, so nothing leaks between trials.
 """
@@ -48,6 +51,9 @@ class Method:
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         pass
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
 
 
 def parse_params(method_cls: type[Method], overrides: dict[str, str]) -> Any:

@@ -253,6 +253,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
             metrics[f"{role}/main_score"] = scores[task.main_metric if role == "report" else select_metric]
         metrics["report/family_score"] = family_score(task, {k.removeprefix("report/"): v for k, v in metrics.items()})
         metrics.update({f"diagnostics/{k}": v for k, v in diagnose(model, probe).items()})
+        metrics.update({f"diagnostics/{k}": v for k, v in method.diagnostics().items()})
         metrics["epoch"] = epoch
         history.append(metrics)
         report(metrics)

@@ -3,7 +3,9 @@ import torch
 
 from moebench.errors import UsageError
 from moebench.method import parse_params
-from moebench.methods.simsmoe import PairTracker, SimSMoE, top2_pair_codes
+from moebench.methods.load_balancing import switch_aux_loss
+from moebench.methods.simsmoe import PairTracker, SimSMoE, simsmoe_balance_loss, top2_pair_codes
+from moebench.moe.layer import Routing
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained
 
 
@@ -67,3 +69,23 @@ def test_params_validate():
     with pytest.raises(UsageError, match="kernel"):
         parse_params(SimSMoE, {"kernel": "poly"})
     assert parse_params(SimSMoE, {"cont_freq": "16"}).cont_freq == 16.0
+
+
+def official_set_load_balance(logits: torch.Tensor, top_k: int) -> float:
+    """custom_gates.py `set_load_balance`, written out: softmax over all experts; fraction and
+    probability both divided by the number of valid assignments N*k."""
+    n, num_experts = logits.shape
+    score = torch.softmax(logits, dim=-1)
+    valid_idx = logits.topk(top_k, dim=-1).indices.reshape(-1)
+    fraction = [float((valid_idx == i).sum()) / valid_idx.numel() for i in range(num_experts)]
+    prob = [float(score[:, i].sum()) / valid_idx.numel() for i in range(num_experts)]
+    return num_experts * sum(f * p for f, p in zip(fraction, prob))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_balance_term_is_the_official_normalisation(top_k):
+    logits = torch.randn(50, 4, generator=torch.Generator().manual_seed(top_k))
+    index = logits.topk(top_k, dim=-1).indices
+    routing = Routing(None, torch.zeros(50, 8), logits, index, torch.ones_like(index, dtype=torch.float))
+    assert simsmoe_balance_loss(routing).item() == pytest.approx(official_set_load_balance(logits, top_k), rel=1e-5)
+    assert simsmoe_balance_loss(routing).item() == pytest.approx(switch_aux_loss(routing).item() / top_k, rel=1e-6)
