@@ -17,7 +17,8 @@ RUN_DEFAULTS = {
     "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
     "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32,
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
-    "router_jitter": 0.0, "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
+    "router_jitter": 0.0, "router_init_std": 0.02, "renormalize": None, "upcycle": ["copy"], "upcycle_noise": 0.05,
+    "upcycle_ratio": 0.5, "share_neurons": 0, "split_by": "random", "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
     "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
     "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False, "baseline": "vanilla",
 }
@@ -65,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, help="(default: 2)")
     run.add_argument("--moe-layers", help="'all' (default), 'every_other', or comma list of layer indices")
     run.add_argument("--router-jitter", type=float, help="(default: 0)")
+    run.add_argument("--router-init-std", type=float, help="std of the new router's normal init (default: 0.02)")
+    run.add_argument("--renormalize", action=argparse.BooleanOptionalAction,
+                     help="gate = top-k probabilities renormalised to sum 1 (default with top-k >= 2); --no-renormalize: "
+                          "the raw softmax probabilities (Switch; the default with --top-k 1, where renormalising makes the gate "
+                          "a constant 1 and the router learns nothing from the task)")
+    run.add_argument("--upcycle", type=comma_list, help="how experts are made from the dense FFN, a comma list to compare "
+                     "several: copy (default; identical experts, step 0 = the dense model), noise, drop (Drop-Upcycling), "
+                     "split (MoEBERT-style neuron partition)")
+    run.add_argument("--upcycle-noise", type=float, help="noise: Gaussian noise per expert, relative to each weight's std (default: 0.05)")
+    run.add_argument("--upcycle-ratio", type=float, help="drop: fraction of intermediate neurons re-initialised per expert (default: 0.5)")
+    run.add_argument("--share-neurons", type=int, help="split: intermediate neurons shared by every expert (default: 0)")
+    run.add_argument("--split-by", help="split: random (default; a seeded partition) or importance (MoEBERT's score "
+                     "on a few training batches of the task)")
     run.add_argument("--set", dest="overrides", action="append", metavar="METHOD.PARAM=VALUE",
                      help="method hyper-parameter, e.g. load_balancing.aux_coef=0.001 (repeatable)")
     run.add_argument("--experiment", help="MLflow experiment name (default: moebench)")
@@ -131,7 +145,10 @@ def run_config_from_args(args: argparse.Namespace):
             max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
             train_split=args.train_split, select_split=args.select_split, report_split=args.report_split, select=args.select,
         ),
-        moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter),
+        moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter,
+                      router_init_std=args.router_init_std, renormalize=args.renormalize, upcycle_noise=args.upcycle_noise,
+                      upcycle_ratio=args.upcycle_ratio, share_neurons=args.share_neurons, split_by=args.split_by),
+        upcycle=tuple(dict.fromkeys(args.upcycle)),
         method_overrides=parse_overrides(args.overrides),
         experiment=args.experiment,
         output_dir=args.output_dir,
@@ -249,7 +266,8 @@ def command_run(args: argparse.Namespace) -> int:
     check_experiment_budget(uri, cfg.experiment, trials)
     configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
     searched = f", {configurations} method configurations" if cfg.search != "none" else ""
-    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
+    modes = f" x {len(cfg.upcycle)} upcycling modes" if len(cfg.upcycle) > 1 else ""
+    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods{modes} x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
           f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
     from moebench.sweep import run_sweep
     from moebench.tracking import previous_runs

@@ -76,7 +76,7 @@ class TrialConfig:
     model: str  # what to load: a hub id or a local path
     data_dir: str | None
     train: TrainConfig
-    moe: MoEConfig
+    moe: MoEConfig | None  # None: a method without experts (`dense`), whose trials keep the FFNs
     method_params: dict = field(default_factory=dict)
     # Identity, independent of where the clone, the model or the data live (moebench.provenance).
     model_id: str = ""
@@ -89,7 +89,7 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
-        return cls(**{**d, "train": TrainConfig(**d["train"]), "moe": MoEConfig(**d["moe"]),
+        return cls(**{**d, "train": TrainConfig(**d["train"]), "moe": MoEConfig(**d["moe"]) if d["moe"] else None,
                       "searched_train_params": tuple(d.get("searched_train_params", ()))})
 
     def flat_params(self) -> dict[str, str]:
@@ -100,7 +100,8 @@ class TrialConfig:
                 "data": self.data_id or ("hub" if self.data_dir is None else "local"), "protocol": PROTOCOL_VERSION,
                 "search": self.search, "search.train_params": ",".join(self.searched_train_params)}
         flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
-        flat.update({f"moe.{k}": v for k, v in dataclasses.asdict(self.moe).items()})
+        if self.moe is not None:  # a dense trial is the same whatever MoE the sweep gives the others
+            flat.update({f"moe.{k}": v for k, v in dataclasses.asdict(self.moe).items()})
         flat.update({f"{self.method}.{k}": v for k, v in self.method_params.items()})
         return {k: str(v) for k, v in flat.items()}
 
@@ -126,6 +127,7 @@ class RunConfig:
     data_dir: str | None = None
     train: TrainConfig = TrainConfig()
     moe: MoEConfig = MoEConfig()
+    upcycle: tuple[str, ...] = ("copy",)  # upcycling modes to compare: every MoE method runs once per mode
     method_overrides: dict = field(default_factory=dict)  # method -> {param: raw string}
     experiment: str = "moebench"
     output_dir: str = "moebench-runs"
@@ -141,6 +143,10 @@ class RunConfig:
     allow_dirty: bool = False  # run from a checkout with uncommitted changes
 
     def __post_init__(self):
+        for mode in self.upcycle:
+            dataclasses.replace(self.moe, upcycle=mode)  # MoEConfig names a bad mode and the valid ones
+        if not self.upcycle:
+            raise UsageError("--upcycle needs at least one mode")
         if self.search not in ("none", "grid", "random"):
             raise UsageError(f"--search must be one of none, grid, random; got {self.search!r}")
         if self.scheduler not in ("fifo", "asha"):
@@ -205,10 +211,17 @@ class RunConfig:
                 configurations[m].append((params, train_options(self.train, train)))
         model_identity = model_id(model)
         data_identity = {t: data_id(TASKS.get(t), data_dir, self.split_names(t)) for t in self.tasks}
-        return [
-            TrialConfig(m, t, s, model, data_dir, train, self.moe, params, model_identity, data_identity[t], search, searched)
-            for t in self.tasks for m in self.methods for params, train in configurations[m] for s in self.seeds
-        ]
+        trials = {}  # fingerprint -> trial: a dense trial is one trial whatever the upcycling modes
+        for t in self.tasks:
+            for m in self.methods:
+                moes = [dataclasses.replace(self.moe, upcycle=mode) for mode in self.upcycle] if METHODS.get(m).uses_moe else [None]
+                for moe in moes:
+                    for params, train in configurations[m]:
+                        for s in self.seeds:
+                            trial = TrialConfig(m, t, s, model, data_dir, train, moe, params, model_identity, data_identity[t],
+                                                search, searched)
+                            trials.setdefault(trial.fingerprint(), trial)
+        return list(trials.values())
 
     def split_names(self, task: str) -> list[str]:
         """The named splits a task's trials read (for the data's identity)."""

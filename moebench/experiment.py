@@ -57,6 +57,10 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
 def convert(action: argparse.Action, value: Any, where: str, key: str) -> Any:
     if value is None:
         return None
+    if action.nargs == 0:  # a flag (--allow-dirty, --renormalize): true or false, not a string
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {key!r} expects true or false, got {value!r}")
+        return value
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     if action.type is None:

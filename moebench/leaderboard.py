@@ -1,6 +1,7 @@
 """Leaderboards built from runs alone (read from MLflow or from an export), so they rebuild anywhere.
 
-Rows are methods; columns are each task's main score on the report split and each family's
+Rows are methods (and their upcycling mode, where the experiment compares several; `dense`, the
+encoder without MoE, is a reference row); columns are each task's main score on the report split and each family's
 average (GLUE average, ...), then diagnostics. Per (method, task) the configuration shown is the
 one best on the *select* split. A cell is the mean over seeds with its 95% interval; marks come
 from paired tests (see `moebench.comparison` and `moebench.stats`); degenerate cells are
@@ -32,7 +33,10 @@ from moebench.tracking import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHE
 DIAGNOSTIC_COLUMNS = {
     "expert_cka": ("expert CKA ↓", 5, 1.0),
     "expert_cosine": ("expert cos ↓", 5, 1.0),
+    "expert_label_mi_norm": ("expert–label MI / H(label)", 3, 1.0),
+    "top1_changed": ("top-1 changed", 3, 1.0),
     "routing_entropy": ("routing entropy", 3, 1.0),
+    "omoe_removed_fraction": ("OMoE update removed", 3, 1.0),
     "dead_experts": ("dead experts", 1, 1.0),
     "train_time_s": ("train s", 1, 1.0),
     "params_total": ("params (M)", 2, 1e-6),
@@ -65,7 +69,7 @@ class Leaderboard:
     columns: list[str]  # "rte", "stsb", ..., "glue_avg", then diagnostics
     column_titles: dict[str, str]
     score_columns: list[str]  # shown × 100, ranked
-    rows: dict[str, dict[str, Cell]]  # method -> column -> cell, best mean rank first
+    rows: dict[str, dict[str, Cell]]  # row (method, or "method (upcycle)") -> column -> cell, best mean rank first
     marks: dict[str, dict[str, str]]  # column -> method -> "best" | "tie" | ""
     mean_rank: dict[str, float]  # over task columns (not family averages), degenerate cells left out
     selections: dict[str, str]  # "method/task" -> chosen hyper-parameters, where a search tried several
@@ -75,6 +79,7 @@ class Leaderboard:
     baseline: str | None = None
     to_baseline: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # column -> method -> vs baseline
     to_best: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # column -> method -> vs the best
+    diagnostics_to_baseline: dict[str, dict[str, "DiagnosticComparison"]] = field(default_factory=dict)  # diagnostic -> row -> vs baseline
     warnings: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # configurations ASHA stopped early
     replicates: int = 0
@@ -92,6 +97,69 @@ class Leaderboard:
 
 SIGNIFICANCE = 0.05
 REPLICATES = 1000
+ROW_AXIS = "params.moe.upcycle"  # an MoE choice the board compares as rows instead of refusing as a mixed budget
+
+
+def row_names(runs: pd.DataFrame) -> list[str]:
+    """A run's board row: its method, with its upcycling mode where the runs hold several
+    (`vanilla (drop)`); runs without MoE (`dense`) keep the bare method name."""
+    modes = runs[ROW_AXIS] if ROW_AXIS in runs else pd.Series(math.nan, index=runs.index)
+    if modes.dropna().nunique() <= 1:
+        return list(runs["params.method"])
+    return [m if pd.isna(u) else f"{m} ({u})" for m, u in zip(runs["params.method"], modes)]
+
+
+def baseline_rows(runs: pd.DataFrame, baseline: str) -> dict[str, str]:
+    """row -> the row it is compared with: the baseline method, under the same upcycling mode where
+    the board compares several (then `dense`, which has none, is compared with none)."""
+    out = {}
+    modes = runs[ROW_AXIS] if ROW_AXIS in runs else pd.Series(math.nan, index=runs.index)
+    several = (runs["row"] != runs["params.method"]).any()
+    for row, mode in zip(runs["row"], modes):
+        reference = baseline if not several else None if pd.isna(mode) else f"{baseline} ({mode})"
+        if reference in set(runs["row"]):
+            out[row] = reference
+    return out
+
+
+@dataclass
+class DiagnosticComparison:
+    difference: float  # mean over matched (task, seed) pairs of row - baseline
+    interval: tuple[float, float]  # 95% Student t interval of that mean
+    n: int  # matched pairs
+    p: float  # paired t-test over the pairs
+    p_holm: float  # Holm-adjusted over the rows compared on this diagnostic
+
+
+def compare_diagnostics(runs: pd.DataFrame, references: dict[str, str], names: list[str]) -> dict[str, dict[str, DiagnosticComparison]]:
+    """Does a method change its experts? Each row's diagnostic against its baseline row's, paired on
+    (task, seed): the same data order and initial model, differing only in the method."""
+    from scipy import stats as scipy_stats
+
+    from moebench.stats import holm, paired_t_pvalue
+
+    out = {}
+    for name in names:
+        column = f"metrics.{name}"
+        values = {row: {(t, s): v for t, s, v in zip(g["params.task"], g["params.seed"], g[column]) if pd.notna(v)}
+                  for row, g in runs.groupby("row", sort=False)}
+        table = {}
+        for row, reference in references.items():
+            if row == reference:
+                continue
+            keys = sorted(set(values.get(row, {})) & set(values.get(reference, {})))
+            if len(keys) < 2:
+                continue
+            a, b = [values[row][k] for k in keys], [values[reference][k] for k in keys]
+            d = np.subtract(a, b)
+            half = scipy_stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+            table[row] = DiagnosticComparison(float(d.mean()), (float(d.mean() - half), float(d.mean() + half)), len(d),
+                                              paired_t_pvalue(a, b), math.nan)
+        for row, p in holm({row: c.p for row, c in table.items()}).items():
+            table[row].p_holm = p
+        if table:
+            out[name] = table
+    return out
 
 
 def interval_of_mean(values: list[float], replicates: np.ndarray | None) -> tuple[float, float]:
@@ -163,13 +231,14 @@ def check_one_budget(runs: pd.DataFrame) -> None:
     (Tasks may differ from each other, e.g. MultiRC counts questions where others count rows.)"""
     methods = set(runs["params.method"])
     searched = {p for value in runs.get("params.search.train_params", pd.Series(dtype=str)).dropna() for p in value.split(",") if p}
-    ignore = {"params.method", "params.seed", "params.task"} | {f"params.train.{p}" for p in searched}
+    ignore = {"params.method", "params.seed", "params.task", ROW_AXIS} | {f"params.train.{p}" for p in searched}
     budget = [c for c in runs.columns if c.startswith("params.") and c not in ignore
               and not any(c.startswith(f"params.{m}.") for m in methods)]
     problems = []
     for task, group in runs.groupby("params.task", sort=False):
-        differing = {c.removeprefix("params."): sorted(map(str, group[c].fillna("(unset)").unique())) for c in budget
-                     if group[c].fillna("(unset)").nunique() > 1}
+        # MoE options are unset on runs without experts (dense): compare them among the MoE runs only
+        values = {c: group[c].dropna() if c.startswith("params.moe.") else group[c].fillna("(unset)") for c in budget}
+        differing = {c.removeprefix("params."): sorted(map(str, v.unique())) for c, v in values.items() if v.nunique() > 1}
         problems += [f"{task} {name}: {', '.join(values)}" for name, values in sorted(differing.items())]
     if problems:
         raise UsageError(f"the experiment mixes runs of different budgets or data ({'; '.join(problems)}); a board "
@@ -181,18 +250,18 @@ def select_configurations(runs: pd.DataFrame, higher_is_better: dict[str, bool])
     (ties: the smaller configuration id, so a rebuild picks the same). The report split, whose
     number the board shows, plays no part in the choice."""
     config = f"tags.{TAG_CONFIG}"
-    key = ["params.method", "params.task"]
+    key = ["row", "params.task"]
     means = runs.groupby(key + [config])["metrics.select_main_score"].mean().reset_index()
     means["order"] = [(-1 if higher_is_better.get(t, True) else 1) * v for t, v in zip(means["params.task"], means["metrics.select_main_score"])]
     best = means.sort_values(["order", config], kind="stable").drop_duplicates(key)
     chosen = runs.merge(best[key + [config]], on=key + [config])
     tried = means.groupby(key).size()
     selections, configurations = {}, {}
-    for (method, task), n in tried.items():
-        configurations[method] = max(configurations.get(method, 0), int(n))
+    for (name, task), n in tried.items():
+        configurations[name] = max(configurations.get(name, 0), int(n))
         if n > 1:
-            row = chosen[(chosen["params.method"] == method) & (chosen["params.task"] == task)].iloc[0]
-            selections[f"{method}/{task}"] = describe_configuration(row, runs.columns, method) + f" (best of {n} configurations)"
+            row = chosen[(chosen["row"] == name) & (chosen["params.task"] == task)].iloc[0]
+            selections[f"{name}/{task}"] = describe_configuration(row, runs.columns, row["params.method"]) + f" (best of {n} configurations)"
     return chosen, selections, configurations
 
 
@@ -225,6 +294,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     if runs.empty:
         raise UsageError(f"experiment {experiment!r} has no finished runs of this protocol")
     check_one_budget(runs)
+    runs = runs.assign(row=row_names(runs))
     tasks = list(dict.fromkeys(runs["params.task"]))
     higher = {t: str(v) != "False" for t, v in zip(runs["params.task"], runs.get(f"tags.{TAG_HIGHER_IS_BETTER}", pd.Series(["True"] * len(runs))))}
     runs, selections, configurations = select_configurations(runs, higher)
@@ -239,7 +309,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
     for g in group_order:
         higher[f"{g}_avg"] = all(higher[t] for t in tasks if groups[t] == g)
-    methods = list(dict.fromkeys(runs["params.method"]))
+    methods = list(dict.fromkeys(runs["row"]))  # board rows
 
     # Per task: each run's seed scores and bootstrap replicates (from its stored predictions).
     seed_main: dict[str, dict[str, dict[int, float]]] = {c: {m: {} for m in methods} for c in score_columns}
@@ -254,7 +324,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         task_runs = runs[runs["params.task"] == task_name]
         stored = {}
         for _, run in task_runs.iterrows():
-            key = (run["params.method"], int(run["params.seed"]))
+            key = (run["row"], int(run["params.seed"]))
             seed_main[task_name][key[0]][key[1]] = float(run["metrics.main_score"])
             family = run.get("metrics.family_score")
             seed_family[task_name][key[0]][key[1]] = float(run["metrics.main_score"] if pd.isna(family) else family)
@@ -290,6 +360,7 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         degenerate[column] = {m: sum(degenerate[t][m] for t in members) for m in methods}
 
     rows: dict[str, dict[str, Cell]] = {m: {} for m in methods}
+    references = baseline_rows(runs, baseline)
     to_baseline, to_best, best_of = {}, {}, {}
     for column in score_columns:
         for m in methods:
@@ -304,8 +375,10 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
         seeds = {m: [seed_main[column][m][s] for s in common] for m in paired}
         sign = 1.0 if higher[column] else -1.0
         candidates = [m for m in paired if not rows[m][column].degenerate and math.isfinite(point[m])]
-        if baseline in paired:
-            to_baseline[column] = compare(point, reps, seeds, baseline)
+        for reference in dict.fromkeys(references.values()):  # one comparison per upcycling mode
+            group = [m for m in paired if references.get(m) == reference or m == reference]
+            if reference in paired and len(group) > 1:
+                to_baseline.setdefault(column, {}).update(compare({m: point[m] for m in group}, reps, seeds, reference))
         if candidates:
             best_of[column] = max(candidates, key=lambda m: (sign * point[m], m))
             to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best_of[column])
@@ -316,14 +389,15 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
                                 "(constant predictions or the majority-class score): not ranked or marked")
     for name in diagnostics:
         for m in methods:
-            rows[m][name] = Cell(runs.loc[runs["params.method"] == m, f"metrics.{name}"].dropna().tolist())
+            rows[m][name] = Cell(runs.loc[runs["row"] == m, f"metrics.{name}"].dropna().tolist())
     ranks = mean_ranks(rows, tasks, higher)
     rows = {m: rows[m] for m in sorted(rows, key=lambda m: (math.isnan(ranks[m]), ranks[m], m))}
     marks = {c: mark_best(list(rows), best_of.get(c), to_best.get(c, {})) for c in score_columns}
     searched = any(n > 1 for n in configurations.values())
+    similarity = compare_diagnostics(runs, references, [n for n in ("expert_cka", "expert_cosine", "expert_label_mi_norm") if n in diagnostics])
     return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
-                       configurations if searched else {}, baseline if baseline in methods else None, to_baseline, to_best, warnings,
-                       stopped_configurations(every_run), replicates, runs)
+                       configurations if searched else {}, baseline if references else None, to_baseline, to_best,
+                       similarity, warnings, stopped_configurations(every_run), replicates, runs)
 
 
 def format_score(cell: Cell) -> str:
@@ -417,7 +491,8 @@ def comparisons_markdown(board: Leaderboard) -> str:
     """Paired differences to the baseline and to the best, per score column."""
     columns = board.score_columns
     sections = []
-    for title, table in ((f"to the baseline `{board.baseline}`", board.to_baseline), ("to the best method of each column", board.to_best)):
+    per_mode = " of the same upcycling mode" if (board.runs["row"] != board.runs["params.method"]).any() else ""
+    for title, table in ((f"to the baseline `{board.baseline}`{per_mode}", board.to_baseline), ("to the best method of each column", board.to_best)):
         if not table:
             continue
         lines = [f"Difference {title} (× 100): point difference on the common seeds, its 95% paired-bootstrap interval "
@@ -428,6 +503,22 @@ def comparisons_markdown(board: Leaderboard) -> str:
         for method in board.rows:
             lines.append(f"| {method} | " + " | ".join(format_comparison(table.get(c, {}).get(method)) if method in table.get(c, {})
                                                      else "" for c in columns) + " |")
+        sections.append("\n".join(lines) + "\n")
+    if board.diagnostics_to_baseline:
+        names = list(board.diagnostics_to_baseline)
+        lines = [f"Do the methods change their experts? Diagnostic minus the baseline `{board.baseline}`'s{per_mode}, "
+                 "paired on (task, seed): mean difference, its 95% t interval, the number of pairs, and the Holm-adjusted p "
+                 "of the paired t-test.", "",
+                 "| method | " + " | ".join(board.column_titles[n] for n in names) + " |", "|---|" + "---:|" * len(names)]
+        for method in board.rows:
+            cells = []
+            for n in names:
+                c = board.diagnostics_to_baseline[n].get(method)
+                digits = DIAGNOSTIC_COLUMNS[n][1]
+                cells.append("" if c is None else f"{c.difference:+.{digits}f} [{c.interval[0]:+.{digits}f}, {c.interval[1]:+.{digits}f}] "
+                                                   f"n={c.n} p={c.p_holm:.3g}")
+            if any(cells):
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
 
@@ -572,7 +663,7 @@ def plot_similarity(runs: pd.DataFrame, path: str) -> None:
                            key=lambda c: int(c.removeprefix("metrics.layer").split("/")[0]))
     fig, ax = plt.subplots(figsize=(6, 4))
     layers = [int(c.removeprefix("metrics.layer").split("/")[0]) for c in layer_columns]
-    for method, group in runs.groupby("params.method"):
+    for method, group in runs.groupby("row"):
         ax.plot(layers, [group[c].mean() for c in layer_columns], marker="o", label=method)
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("mean pairwise linear CKA of experts")

@@ -36,6 +36,8 @@ class Method:
 
     # Values worth trying per hyper-parameter (grid or random search picks from these).
     search_space: ClassVar[dict[str, list]] = {}
+    # False for a reference without experts (`dense`): its trials keep the encoder's FFNs.
+    uses_moe: ClassVar[bool] = True
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()

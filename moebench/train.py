@@ -9,6 +9,7 @@ example-level report predictions, so statistics can later resample them without 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -21,8 +22,9 @@ from tqdm.auto import tqdm
 
 from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX, TrialConfig
 from moebench.method import Method
-from moebench.moe.diagnostics import diagnose
-from moebench.moe.upcycle import MoEModel, build_moe_model, load_tokenizer
+from moebench.moe.diagnostics import ProbeDiagnostics
+from moebench.moe.importance import neuron_importance
+from moebench.moe.upcycle import MoEModel, encoder_layers, load_pretrained, load_tokenizer
 from moebench.registry import METHODS, TASKS
 from moebench.splits import Split
 from moebench.task import family_score, report_splits
@@ -182,6 +184,20 @@ def load_roles(task, cfg, data_dir: str | None) -> tuple[list[dict], list[dict],
     return subset(rows, cfg.max_train_samples), select, report
 
 
+IMPORTANCE_BATCHES = 8  # training batches (in file order, the same for every trial) that rank neurons for split_by=importance
+
+
+def build_model(trial: TrialConfig, task, train_features: list[dict], tokenizer, device) -> MoEModel:
+    """The encoder with the task's head, upcycled as `trial.moe` says (`dense`: kept as it is)."""
+    hf_model = load_pretrained(trial.model, task.auto_class, **task.head_kwargs()).to(device)
+    importance = None
+    if trial.moe is not None and trial.moe.needs_importance:
+        layers = trial.moe.layer_indices(len(encoder_layers(hf_model)))
+        sample = itertools.islice(batches(train_features, trial.train.batch_size, tokenizer), IMPORTANCE_BATCHES)
+        importance = neuron_importance(hf_model, sample, layers)
+    return MoEModel(hf_model, trial.moe, seed=trial.seed, importance=importance).to(device)
+
+
 @dataclass
 class TrialResult:
     metrics: dict[str, float]  # the selected epoch's report metrics, diagnostics and costs
@@ -212,10 +228,10 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
                  "report": {suffix: (encode(examples), examples) for suffix, examples in report_examples.items()}}
 
     first_report = next(iter(eval_sets["report"].values()))[0]
-    probe = collate(first_report[:PROBE_SIZE], tokenizer)
-    probe = {k: v.to(device) for k, v in probe.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    # Its labels stay out of the probe forward; they give the expert/label mutual information.
+    probe = ProbeDiagnostics({k: v.to(device) for k, v in collate(first_report[:PROBE_SIZE], tokenizer).items()})
 
-    model = build_moe_model(trial.model, task.auto_class, trial.moe, **task.head_kwargs()).to(device)
+    model = build_model(trial, task, train_features, tokenizer, device)
     method: Method = method_cls(method_cls.Params(**trial.method_params))
     method.attach(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -252,7 +268,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
             metrics.update({f"{role}/{k}": v for k, v in scores.items()})
             metrics[f"{role}/main_score"] = scores[task.main_metric if role == "report" else select_metric]
         metrics["report/family_score"] = family_score(task, {k.removeprefix("report/"): v for k, v in metrics.items()})
-        metrics.update({f"diagnostics/{k}": v for k, v in diagnose(model, probe).items()})
+        metrics.update({f"diagnostics/{k}": v for k, v in probe(model).items()})
         metrics.update({f"diagnostics/{k}": v for k, v in method.diagnostics().items()})
         metrics["epoch"] = epoch
         history.append(metrics)

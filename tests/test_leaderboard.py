@@ -196,3 +196,43 @@ def test_methods_that_equal_the_best_are_all_bold(golds):
     runs.append(record("c", "rte", 0, 30 / 60, predictions=accuracy_predictions(golds, 30, np.random.default_rng(5)), golds=golds))
     board = leaderboard.build(runs, "exp", replicates=50)
     assert board.marks["rte"]["a"] == board.marks["rte"]["b"] == "best" and board.marks["rte"]["c"] != "best"
+
+
+def moe_record(method, mode, seed, report, cka, golds, correct, **kwargs):
+    """A run of an MoE method under one upcycling mode (dense: mode None, no MoE params)."""
+    moe = {} if mode is None else {"moe.num_experts": "4", "moe.upcycle": mode}
+    run = record(method, "rte", seed, report, predictions=accuracy_predictions(golds, correct, np.random.default_rng(seed)),
+                 golds=golds, config=str(mode), **moe, **kwargs)
+    run["metrics"]["expert_cka"] = cka
+    return run
+
+
+def test_upcycling_modes_are_rows_compared_within_their_mode_and_dense_is_a_reference(golds):
+    runs = []
+    for seed in range(3):
+        for mode, cka in (("copy", 1.0), ("drop", 0.6)):
+            runs.append(moe_record("vanilla", mode, seed, 0.60, cka, golds, 36))
+            runs.append(moe_record("simsmoe", mode, seed, 0.62, cka - 0.1 - 0.01 * seed, golds, 37))
+        runs.append(moe_record("dense", None, seed, 0.58, math.nan, golds, 35))
+    board = leaderboard.build(runs, "exp", replicates=50)
+    assert set(board.rows) == {"vanilla (copy)", "simsmoe (copy)", "vanilla (drop)", "simsmoe (drop)", "dense"}
+    # dense has no MoE options: no mixed-budget refusal, and no same-mode baseline to compare with
+    assert set(board.to_baseline["rte"]) == {"simsmoe (copy)", "simsmoe (drop)"}
+    cka = board.diagnostics_to_baseline["expert_cka"]
+    assert set(cka) == {"simsmoe (copy)", "simsmoe (drop)"}
+    differences = [-0.1, -0.11, -0.12]  # paired on (task, seed) against vanilla of the same mode
+    half = scipy_stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)
+    assert cka["simsmoe (drop)"].difference == pytest.approx(-0.11) and cka["simsmoe (drop)"].n == 3
+    assert cka["simsmoe (drop)"].interval == pytest.approx((-0.11 - half, -0.11 + half))
+    raw = scipy_stats.ttest_rel([0.6 - d for d in (0.1, 0.11, 0.12)], [0.6] * 3).pvalue
+    assert cka["simsmoe (drop)"].p == pytest.approx(raw)
+    assert cka["simsmoe (drop)"].p_holm == pytest.approx(min(1.0, 2 * max(cka["simsmoe (drop)"].p, cka["simsmoe (copy)"].p)))
+    text = leaderboard.comparisons_markdown(board)
+    assert "of the same upcycling mode" in text and "Do the methods change their experts?" in text
+
+
+def test_a_mixed_upcycling_setting_other_than_the_mode_is_still_refused():
+    runs = [record("vanilla", "rte", 0, 0.6, **{"moe.upcycle": "drop", "moe.upcycle_ratio": "0.5"}),
+            record("vanilla", "rte", 1, 0.6, **{"moe.upcycle": "drop", "moe.upcycle_ratio": "0.25"})]
+    with pytest.raises(UsageError, match="moe.upcycle_ratio: 0.25, 0.5"):
+        leaderboard.build(runs, "exp", replicates=10)

@@ -15,7 +15,7 @@ def inputs():
     return {"input_ids": ids, "attention_mask": mask}
 
 
-@pytest.mark.parametrize("top_k", [1, 2, 4])
+@pytest.mark.parametrize("top_k", [2, 4])
 def test_upcycled_model_equals_dense_at_init(tiny_model_dir, inputs, top_k):
     dense = load_pretrained(tiny_model_dir, "AutoModelForSequenceClassification", num_labels=3).eval()
     torch.manual_seed(1)
@@ -26,6 +26,33 @@ def test_upcycled_model_equals_dense_at_init(tiny_model_dir, inputs, top_k):
         got, routing = moe(**inputs)
     torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)
     assert len(routing) == 2
+
+
+def router_task_gradient(tiny_model_dir, inputs, config: MoEConfig, renormalize=None) -> float:
+    """Norm of the first router's gradient from the task loss alone, at step 0."""
+    torch.manual_seed(1)
+    moe = MoEModel(load_pretrained(tiny_model_dir, "AutoModelForSequenceClassification", num_labels=3), config).eval()
+    if renormalize is not None:
+        for layer in moe.moe_layers:
+            layer.renormalize = renormalize  # bypass MoEConfig's refusal, to show why it refuses
+    output, _ = moe(**inputs, labels=torch.tensor([0, 1, 2]))
+    output.loss.backward()
+    return moe.moe_layers[0].router.weight.grad.norm().item()
+
+
+def test_top1_gets_a_gate_the_router_can_learn_from(tiny_model_dir, inputs):
+    assert MoEConfig(4, 1).renormalize is False and MoEConfig(4, 2).renormalize is True
+    with pytest.raises(UsageError, match="constant 1"):
+        MoEConfig(4, 1, renormalize=True)
+    # renormalised top-1: the gate is 1 whatever the router says, so the task cannot move it
+    assert router_task_gradient(tiny_model_dir, inputs, MoEConfig(4, 1), renormalize=True) < 1e-9  # p / p: float noise
+    assert router_task_gradient(tiny_model_dir, inputs, MoEConfig(4, 1)) > 1e-6  # the tiny model's gradients are small
+
+
+def test_under_top2_the_router_learns_once_experts_differ(tiny_model_dir, inputs):
+    # identical experts: any mix of them is the same output, so the router's gradient is float noise
+    assert router_task_gradient(tiny_model_dir, inputs, MoEConfig(4, 2)) < 1e-9
+    assert router_task_gradient(tiny_model_dir, inputs, MoEConfig(4, 2, upcycle="drop")) > 1e-6
 
 
 def test_padding_is_excluded_from_routing(tiny_model_dir, inputs):

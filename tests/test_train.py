@@ -23,6 +23,8 @@ def test_same_seed_gives_identical_metrics(tiny_model_dir, data_dir):
     assert keep(first.metrics) == keep(second.metrics) and first.report_outcomes == second.report_outcomes
     assert len(reports) == 2 and [r["epoch"] for r in reports] == [1, 2]
     assert reports[0]["train/aux_loss"] > 0 and reports[0]["train/z_loss"] > 0
+    # the probe's labels give the expert/label MI every epoch; the top-1 change needs a previous epoch
+    assert "diagnostics/top1_changed" not in reports[0] and 0 <= reports[1]["diagnostics/top1_changed"] <= 1 and reports[0]["diagnostics/expert_label_mi"] >= 0
     # the epoch kept is the one best on the select split; its report score is what the trial returns
     chosen = max(reports, key=lambda r: (r["select/main_score"], -r["epoch"]))
     assert first.metrics["selected_epoch"] == chosen["epoch"] and first.metrics["main_score"] == chosen["report/main_score"]

@@ -10,7 +10,7 @@ as keys. "grouped_mm" runs all experts of the layer as two grouped GEMMs
 (torch.nn.functional.grouped_mm, bf16 on CUDA) on the same sorted tokens, with device-side
 offsets, so it syncs only to count the real tokens of a padded batch (none without padding);
 it falls back to "sorted" wherever it is unsupported (CPU, fp32, experts with hooks such as
-OMoE's, non-standard FFNs). It is opt-in: an expert that gets no token in a step receives a
+OMoE's, non-standard FFNs, experts of unequal size). It is opt-in: an expert that gets no token in a step receives a
 zero gradient from the stacked weights instead of none, so AdamW still moves it (momentum,
 weight decay), where "loop" and "sorted" leave it untouched.
 "loop" is the former expert-by-expert dispatch (one nonzero() per expert and one for the
@@ -213,6 +213,9 @@ class MoEFeedForward(nn.Module):
             if type(expert.fc1) is not nn.Linear or type(expert.fc2) is not nn.Linear:
                 return False
             if (expert.fc1.bias is None) != (first.fc1.bias is None) or (expert.fc2.bias is None) != (first.fc2.bias is None):
+                return False
+            # The weights are stacked: experts of unequal size ("split" upcycling) run as modules.
+            if expert.fc1.weight.shape != first.fc1.weight.shape or expert.fc2.weight.shape != first.fc2.weight.shape:
                 return False
         # Grouped GEMM kernels want 16-byte aligned rows.
         return first.fc1.in_features % 8 == 0 and first.fc1.out_features % 8 == 0
