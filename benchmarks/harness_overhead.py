@@ -36,7 +36,7 @@ def bare_loop(args) -> float:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, max(1, total // 10)))
     model.train()
     for _ in range(args.epochs):
-        for batch in batches(train, 32, tokenizer, torch.Generator().manual_seed(0)):
+        for batch in batches(train, 32, tokenizer, torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()):
             output, _ = model(**batch)
             output.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

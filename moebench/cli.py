@@ -15,7 +15,7 @@ from moebench.errors import UsageError
 DEFAULT_OUTPUT_DIR = "moebench-runs"
 RUN_DEFAULTS = {
     "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
-    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32,
+    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32, "eval_batch_size": 128, "group_by_length": True,
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "router_init_std": 0.02, "renormalize": None, "upcycle": ["copy"], "upcycle_noise": 0.05,
     "upcycle_ratio": 0.5, "share_neurons": 0, "split_by": "random", "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="(default: 3)")
     run.add_argument("--max-seq-length", type=int, help="(default: 128)")
     run.add_argument("--batch-size", type=int, help="(default: 32)")
+    run.add_argument("--eval-batch-size", type=int, help="evaluation batches, sorted by length (default: 128)")
+    run.add_argument("--group-by-length", action=argparse.BooleanOptionalAction,
+                     help="training batches of similar lengths, from a seeded shuffle the same for every method (default: on)")
     run.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5)")
     run.add_argument("--weight-decay", type=float, help="(default: 0.01)")
     run.add_argument("--warmup-ratio", type=float, help="(default: 0.1)")
@@ -140,7 +143,8 @@ def run_config_from_args(args: argparse.Namespace):
         model=args.model,
         data_dir=args.data_dir,
         train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+            group_by_length=args.group_by_length, lr=args.lr, weight_decay=args.weight_decay,
             warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
             max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
             train_split=args.train_split, select_split=args.select_split, report_split=args.report_split, select=args.select,

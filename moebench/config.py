@@ -26,6 +26,8 @@ from moebench.task import resolve_data_dir
 class TrainConfig:
     epochs: int = 3
     batch_size: int = 32
+    eval_batch_size: int = 128  # evaluation keeps no activations for backward: larger batches are cheap
+    group_by_length: bool = True  # training batches of similar lengths (a seeded, method-independent shuffle)
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -49,7 +51,8 @@ class TrainConfig:
                 Split.parse(value, flag)
         if self.select not in ("best", "last"):
             raise UsageError(f"--select must be best or last, got {self.select!r}")
-        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--max-seq-length": self.max_seq_length}
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size, "--eval-batch-size": self.eval_batch_size,
+                    "--max-seq-length": self.max_seq_length}
         for flag, value in positive.items():
             if value < 1:
                 raise UsageError(f"{flag} must be a positive integer, got {value}")

@@ -79,12 +79,46 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(features: list[dict], batch_size: int, tokenizer, generator: torch.Generator | None = None):
-    """Collated model inputs, in a seeded shuffle or (for evaluation) in order."""
-    order = torch.randperm(len(features), generator=generator).tolist() if generator else list(range(len(features)))
+def batches(features: list[dict], batch_size: int, tokenizer, order: list[int] | None = None):
+    """Collated model inputs, `batch_size` features at a time, in `order` (default: as given)."""
+    order = list(range(len(features))) if order is None else order
     for start in range(0, len(order), batch_size):
         chunk = [features[i] for i in order[start : start + batch_size]]
         yield collate(chunk, tokenizer)
+
+
+def feature_length(feature: dict) -> int:
+    """Tokens a feature pads to (a multiple-choice feature: its longest choice)."""
+    ids = feature["input_ids"]
+    return max(len(choice) for choice in ids) if ids and isinstance(ids[0], (list, tuple)) else len(ids)
+
+
+def longest_first(features: list[dict]) -> list[int]:
+    """Evaluation order: by length, longest first (peak memory shows at once), ties in file order.
+    A batch of similar lengths pads little; predictions are put back in file order."""
+    return sorted(range(len(features)), key=lambda i: -feature_length(features[i]))
+
+
+MEGA_BATCH = 50  # batches per length-sorted group: large enough to pad little, small enough to stay random
+
+
+def length_grouped_order(features: list[dict], batch_size: int, generator: torch.Generator) -> list[int]:
+    """A seeded shuffle whose batches hold features of similar length: shuffle, cut into groups of
+    MEGA_BATCH batches, sort each group by length, cut into batches, shuffle the batches.
+    The same for every method (it depends on the data and the seed only)."""
+    order = torch.randperm(len(features), generator=generator).tolist()
+    group = MEGA_BATCH * batch_size
+    chunks = []
+    for start in range(0, len(order), group):
+        ranked = sorted(order[start:start + group], key=lambda i: -feature_length(features[i]))
+        chunks += [ranked[i:i + batch_size] for i in range(0, len(ranked), batch_size)]
+    return [i for b in torch.randperm(len(chunks), generator=generator).tolist() for i in chunks[b]]
+
+
+def training_order(features: list[dict], batch_size: int, generator: torch.Generator, group_by_length: bool) -> list[int]:
+    if group_by_length:
+        return length_grouped_order(features, batch_size, generator)
+    return torch.randperm(len(features), generator=generator).tolist()
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -142,11 +176,15 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
     then into one prediction per example (QA maps windows back to answers, NER tokens to words)
     and scores those against the gold answers."""
     model.eval()
-    predictions: list = []
-    for batch in batches(features, batch_size, tokenizer):
+    order = longest_first(features)
+    predictions: list = [None] * len(features)
+    position = 0
+    for batch in batches(features, batch_size, tokenizer, order):
         batch = {k: v.to(device) for k, v in batch.items()}
         output, _ = model(**batch)
-        predictions.extend(task.predict(output, batch))
+        for prediction in task.predict(output, batch):
+            predictions[order[position]] = prediction
+            position += 1
     model.train()
     if not hasattr(task, "outcomes"):  # a plugin task written before example-level outcomes
         return task.score(predictions, features, examples), None
@@ -247,7 +285,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     bar = tqdm(total=total_steps, desc=f"{trial.method}/{trial.task}/seed{trial.seed}", disable=not progress, leave=False)
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
-        for batch in batches(train_features, cfg.batch_size, tokenizer, order):
+        for batch in batches(train_features, cfg.batch_size, tokenizer, training_order(train_features, cfg.batch_size, order, cfg.group_by_length)):
             losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm)
             scheduler.step()
             if not all(math.isfinite(v) for v in losses.values()):
@@ -261,7 +299,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         for role, splits in eval_sets.items():
             scores = {}
             for suffix, (features, examples) in splits.items():
-                split_scores, outcomes = evaluate(model, task, features, examples, cfg.batch_size, tokenizer, device)
+                split_scores, outcomes = evaluate(model, task, features, examples, cfg.eval_batch_size, tokenizer, device)
                 scores.update({f"{k}{suffix}": v for k, v in split_scores.items()})
                 if role == "report" and outcomes is not None:
                     outcomes_by_epoch[-1][suffix] = outcomes

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from moebench.config import TrainConfig, TrialConfig
@@ -94,3 +95,40 @@ def test_the_select_split_names_the_main_metric_without_report_suffixes():
 
     assert select_metric_name(TASKS.get("mnli")) == "accuracy"  # reported as accuracy_m / accuracy_mm
     assert select_metric_name(TASKS.get("stsb")) == "spearman"
+
+
+def padded_tokens(features, order, batch_size):
+    from moebench.train import feature_length
+
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return sum(len(c) * max(feature_length(features[i]) for i in c) for c in chunks)
+
+
+def test_length_grouped_training_order_is_a_seeded_permutation_that_pads_less():
+    from moebench.train import length_grouped_order
+
+    lengths = np.random.default_rng(0).integers(5, 120, 2000)
+    features = [{"input_ids": [1] * n} for n in lengths]
+    order = length_grouped_order(features, 16, torch.Generator().manual_seed(3))
+    assert sorted(order) == list(range(2000))
+    assert order == length_grouped_order(features, 16, torch.Generator().manual_seed(3))
+    assert order != length_grouped_order(features, 16, torch.Generator().manual_seed(4))
+    shuffled = torch.randperm(2000, generator=torch.Generator().manual_seed(3)).tolist()
+    assert padded_tokens(features, order, 16) < 0.7 * padded_tokens(features, shuffled, 16)
+
+
+def test_evaluation_sorted_by_length_returns_predictions_in_file_order(tiny_model_dir, data_dir):
+    from moebench.moe.upcycle import build_moe_model, load_tokenizer
+    from moebench.registry import TASKS
+    from moebench.train import batches, evaluate, longest_first
+
+    task = TASKS.get("stsb")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    examples = task.load("validation", data_dir)[:40]
+    features = task.encode(examples, tokenizer, 64)
+    assert longest_first(features) != list(range(40))  # the data is not already sorted
+    torch.manual_seed(0)
+    model = build_moe_model(tiny_model_dir, task.auto_class, MoEConfig(4, 2), **task.head_kwargs()).eval()
+    one_by_one = [p for b in batches(features, 1, tokenizer) for p in task.predict(model(**b)[0], b)]
+    _, outcomes = evaluate(model, task, features, examples, 16, tokenizer, "cpu")
+    np.testing.assert_allclose(outcomes.predictions, one_by_one, rtol=1e-4, atol=1e-5)
