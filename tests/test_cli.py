@@ -38,6 +38,10 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--methods", "vanilla,omoe", "--tasks", "rte", "--search", "random", "--num-samples", "5"], "distinct configurations of vanilla (4)"),
         (["--methods", "vanilla", "--tasks", "rte", "--select", "worst"], "--select must be best or last"),
         (["--methods", "vanilla", "--tasks", "rte", "--gpus-per-trial", "2"], "a trial trains on one device"),
+        (["--methods", "vanilla", "--tasks", "rte", "--upcycle", "copy,dropp"], "--upcycle must be one of copy, noise, drop, split, got 'dropp'"),
+        (["--methods", "vanilla", "--tasks", "rte", "--upcycle-ratio", "0"], "--upcycle-ratio must be in (0, 1], got 0.0"),
+        (["--methods", "vanilla", "--tasks", "rte", "--top-k", "1", "--renormalize"], "makes the gate a constant 1"),
+        (["--methods", "vanilla", "--tasks", "rte", "--eval-batch-size", "0"], "--eval-batch-size must be a positive integer"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_dir, args, expected):

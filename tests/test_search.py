@@ -128,3 +128,16 @@ def test_callback_records_finished_and_early_stopped_trials(tmp_path, tiny_model
     assert killed["tags.moebench.stopped_early"] == "1"
     # both count as done for a rerun (the stopped one is a deliberate outcome, not a loss)
     assert previous_runs(uri, "cb", {finished["tags.moebench.fingerprint"]}) == ({finished["tags.moebench.fingerprint"]}, 0)
+
+
+def test_upcycling_modes_multiply_moe_trials_and_dense_runs_once(data_dir):
+    from moebench.config import RunConfig
+
+    cfg = RunConfig(methods=("dense", "vanilla"), tasks=("rte",), seeds=(0, 1), data_dir=data_dir, upcycle=("copy", "drop"))
+    trials = cfg.trials()
+    modes = sorted((t.method, t.moe.upcycle if t.moe else None, t.seed) for t in trials)
+    assert modes == [("dense", None, 0), ("dense", None, 1), ("vanilla", "copy", 0), ("vanilla", "copy", 1),
+                     ("vanilla", "drop", 0), ("vanilla", "drop", 1)]
+    # the dense trial is the same whatever modes a rerun asks for: resume finds it
+    again = RunConfig(methods=("dense",), tasks=("rte",), seeds=(0,), data_dir=data_dir, upcycle=("split",)).trials()
+    assert again[0].fingerprint() in {t.fingerprint() for t in trials}

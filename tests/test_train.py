@@ -132,3 +132,16 @@ def test_evaluation_sorted_by_length_returns_predictions_in_file_order(tiny_mode
     one_by_one = [p for b in batches(features, 1, tokenizer) for p in task.predict(model(**b)[0], b)]
     _, outcomes = evaluate(model, task, features, examples, 16, tokenizer, "cpu")
     np.testing.assert_allclose(outcomes.predictions, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_trains_without_experts_and_drop_starts_with_distinct_experts(tiny_model_dir, data_dir):
+    import dataclasses
+
+    dense = dataclasses.replace(trial(tiny_model_dir, data_dir, method="dense"), moe=None)
+    assert not any(k.startswith("moe.") for k in dense.flat_params())
+    result = run_trial(dense, progress=False)
+    assert result.metrics["params_total"] == result.metrics["params_active_per_token"] and "expert_cka" not in result.metrics
+    reports = []
+    drop = trial(tiny_model_dir, data_dir, method="vanilla")
+    run_trial(dataclasses.replace(drop, moe=MoEConfig(4, 2, upcycle="drop")), report=reports.append, progress=False)
+    assert reports[0]["diagnostics/expert_cka"] < 0.99
