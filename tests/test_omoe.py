@@ -206,13 +206,13 @@ def one_moe_layer(d: int, num_experts: int, layer_index: int) -> nn.Module:
     """Just what OMoE reads of a model: its MoE layers and their encoder indices."""
     model = nn.Module()
     experts = [Expert(nn.Linear(d, 8), nn.Linear(8, d), F.gelu) for _ in range(num_experts)]
-    model.moe_layers = nn.ModuleList([MoEFeedForward(experts, nn.Linear(d, num_experts), top_k=2)])
+    model.moe_layers = nn.ModuleList([MoEFeedForward(experts, nn.Linear(d, num_experts), top_k=1)])
     model.moe_layer_indices = [layer_index]
     return model
 
 
-def removed_fraction_after(rule: str, steps: int = 2000, d: int = 64) -> float:
-    """One MoE layer on random tokens, AdamW; the removed fraction of the last 200 steps."""
+def removed_fraction_after(rule: str, steps: int = 2000, d: int = 128) -> float:
+    """One top-1 MoE layer on random tokens, AdamW; the removed fraction of the last 200 steps."""
     torch.manual_seed(0)
     model = one_moe_layer(d, 4, layer_index=3)
     method = OMoE(OMoE.Params(forget=rule))
