@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = commands.add_parser("leaderboard", help="rebuild the leaderboard of an experiment from MLflow or from an export")
     board.add_argument("--experiment", default="moebench")
-    board.add_argument("--from-export", metavar="FILE", help="build from a runs export (runs.json.gz in every board folder) "
-                                                              "instead of an MLflow store")
+    board.add_argument("--from-export", metavar="FILE", nargs="+", help="build from runs exports (runs.json.gz in every board "
+                       "folder; several: one board of all their runs, e.g. from two stores) instead of an MLflow store")
     board.add_argument("--baseline", default="vanilla", help="method every other is compared with (default: vanilla)")
     board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
     board.add_argument("--tracking-uri", default=None)
@@ -297,7 +297,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png"),
-                      baseline: str = "vanilla", export: str | None = None) -> int:
+                      baseline: str = "vanilla", exports: list[str] | None = None) -> int:
     """Build the board from MLflow (or from an export), print it, write its folder."""
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow
@@ -306,11 +306,12 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
     bad = [f for f in formats if f not in valid]
     if bad:
         raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(valid)}")
-    records = read_export(export) if export else records_from_mlflow(tracking_uri, experiment)
-    if export and records:
+    # several exports (stores of different machines or drivers) make one board, written as one export
+    records = [r for path in exports for r in read_export(path)] if exports else records_from_mlflow(tracking_uri, experiment)
+    if exports and records:
         experiment = records[0]["tags"].get("moebench.experiment", experiment)
     if not any(r["status"] == "FINISHED" for r in records):
-        print(f"moebench: no finished runs in experiment {experiment!r} at {export or tracking_uri}", file=sys.stderr)
+        print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
         return 1
     board = leaderboard.build(records, experiment, baseline)
     print(leaderboard.to_markdown(board))
@@ -326,8 +327,9 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
     output = args.output or os.path.join(args.output_dir, "leaderboard")
     if args.from_export:
-        if not os.path.isfile(args.from_export):
-            raise UsageError(f"--from-export {args.from_export!r}: no such file")
+        for path in args.from_export:
+            if not os.path.isfile(path):
+                raise UsageError(f"--from-export {path!r}: no such file")
         return print_leaderboard(None, args.experiment, output, tuple(args.format), args.baseline, args.from_export)
     uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
     if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):

@@ -24,3 +24,16 @@ def test_board_rebuilds_from_its_export_byte_for_byte(folder, tmp_path):
     for name in published:
         assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), f"{folder.name}/{name} differs when rebuilt"
     assert "select (best epoch)" in readme and "report:" in readme and "majority (no training)" in readme
+
+
+def test_a_board_split_over_two_exports_rebuilds_the_same(tmp_path):
+    from moebench.export import read_export, write_export
+
+    folder = min(BOARDS, key=lambda p: (p / "runs.json.gz").stat().st_size)
+    records = read_export(str(folder / "runs.json.gz"))
+    write_export(records[::2], str(tmp_path / "a.json.gz"))
+    write_export(records[1::2], str(tmp_path / "b.json.gz"))
+    main(["leaderboard", "--from-export", str(tmp_path / "a.json.gz"), str(tmp_path / "b.json.gz"), "--output", str(tmp_path / "both"),
+          "--format", "md"])
+    main(["leaderboard", "--from-export", str(folder / "runs.json.gz"), "--output", str(tmp_path / "one"), "--format", "md"])
+    assert (tmp_path / "both" / "leaderboard.md").read_text() == (tmp_path / "one" / "leaderboard.md").read_text()
