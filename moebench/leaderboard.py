@@ -100,10 +100,15 @@ REPLICATES = 1000
 ROW_AXIS = "params.moe.upcycle"  # an MoE choice the board compares as rows instead of refusing as a mixed budget
 
 
+def upcycle_modes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's upcycling mode (NaN: a run without MoE, or from before modes existed)."""
+    return runs[ROW_AXIS] if ROW_AXIS in runs else pd.Series(math.nan, index=runs.index)
+
+
 def row_names(runs: pd.DataFrame) -> list[str]:
     """A run's board row: its method, with its upcycling mode where the runs hold several
     (`vanilla (drop)`); runs without MoE (`dense`) keep the bare method name."""
-    modes = runs[ROW_AXIS] if ROW_AXIS in runs else pd.Series(math.nan, index=runs.index)
+    modes = upcycle_modes(runs)
     if modes.dropna().nunique() <= 1:
         return list(runs["params.method"])
     return [m if pd.isna(u) else f"{m} ({u})" for m, u in zip(runs["params.method"], modes)]
@@ -113,11 +118,11 @@ def baseline_rows(runs: pd.DataFrame, baseline: str) -> dict[str, str]:
     """row -> the row it is compared with: the baseline method, under the same upcycling mode where
     the board compares several (then `dense`, which has none, is compared with none)."""
     out = {}
-    modes = runs[ROW_AXIS] if ROW_AXIS in runs else pd.Series(math.nan, index=runs.index)
+    rows = set(runs["row"])
     several = (runs["row"] != runs["params.method"]).any()
-    for row, mode in zip(runs["row"], modes):
+    for row, mode in zip(runs["row"], upcycle_modes(runs)):
         reference = baseline if not several else None if pd.isna(mode) else f"{baseline} ({mode})"
-        if reference in set(runs["row"]):
+        if reference in rows:
             out[row] = reference
     return out
 
