@@ -342,10 +342,10 @@ def command_list(args: argparse.Namespace) -> int:
     from moebench.registry import METHODS, TASKS
 
     if args.what == "methods":
-        for name, method in METHODS.items():
-            print(f"{name:<16} {method.description}")
+        for name in METHODS.names():
+            print(f"{name:<16} {METHODS.description(name)}")
         return 0
-    from moebench.config import task_groups
+    from moebench.task import task_groups
 
     for group, members in task_groups().items():
         print(f"{group}  (--tasks {group} runs: {', '.join(members)})")

@@ -19,7 +19,7 @@ from moebench.method import parse_params, params_as_dict
 from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
 from moebench.splits import Split
-from moebench.task import resolve_data_dir
+from moebench.task import resolve_data_dir, task_groups
 
 
 @dataclass(frozen=True)
@@ -262,17 +262,6 @@ def expand_tasks(names: list[str]) -> tuple[str, ...]:
             raise UsageError(unknown_name_message("task", name, [*TASKS.names(), *groups, "all"]))
         out.extend(t for t in expanded if t not in out)
     return tuple(out)
-
-
-FAMILY_ORDER = ("glue", "superglue", "qa", "ner")  # plugin families follow, by name
-
-
-def task_groups() -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for name, task in TASKS.items():
-        groups.setdefault(task.group, []).append(name)
-    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
-    return {g: groups[g] for g in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))}
 
 
 def check_methods(names: list[str]) -> tuple[str, ...]:

@@ -6,7 +6,9 @@ Built-in plugins and third-party ones arrive the same way: through an entry-poin
 """
 from __future__ import annotations
 
+import ast
 import difflib
+import importlib.util
 from importlib import import_module, metadata
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -54,9 +56,41 @@ class Registry(Generic[T]):
             self._targets[name] = target
         return target
 
+    def description(self, name: str) -> str:
+        """The entry's one-line `description`, read from its source without importing it when it
+        is a literal class attribute (methods import torch, and `moebench list` must answer at once)."""
+        self._scan()
+        target = self._targets.get(name)
+        if isinstance(target, str):
+            module, _, attr = target.partition(":")
+            text = literal_class_attribute(module, attr, "description")
+            if text is not None:
+                return text
+        return getattr(self.get(name), "description", "")
+
     def items(self) -> Iterator[tuple[str, T]]:
         for name in self.names():
             yield name, self.get(name)
+
+
+def literal_class_attribute(module: str, class_name: str, attribute: str) -> str | None:
+    """`class class_name: attribute = "..."` in `module`'s source, found without running it; None
+    when the source is not at hand or the value is not a string literal."""
+    try:
+        spec = importlib.util.find_spec(module)
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (ImportError, AttributeError, TypeError, ValueError, OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for statement in node.body:
+                targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+                value = getattr(statement, "value", None)
+                if (any(isinstance(t, ast.Name) and t.id == attribute for t in targets)
+                        and isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    return value.value
+    return None
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:

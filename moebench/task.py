@@ -104,6 +104,20 @@ def check_splits(task: Task, data_dir: str | None, splits: list[str], known: lis
         raise UsageError(f"task {task.name!r}: no local data at {', '.join(missing)} (--data-dir expects {layout})")
 
 
+FAMILY_ORDER = ("glue", "superglue", "qa", "ner")  # plugin families follow, by name
+
+
+def task_groups() -> dict[str, list[str]]:
+    """Family name -> its tasks, for `--tasks glue` and `moebench list tasks`."""
+    from moebench.registry import TASKS
+
+    groups: dict[str, list[str]] = {}
+    for name, task in TASKS.items():
+        groups.setdefault(task.group, []).append(name)
+    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
+    return {g: groups[g] for g in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))}
+
+
 def report_splits(task: Task, override: str | None) -> dict[str, str]:
     """The splits a task's score is reported on (metric-name suffix -> split expression): its own
     evaluation splits, or the one split expression the user gave (--report-split)."""

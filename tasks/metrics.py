@@ -7,7 +7,6 @@ hand-computed cases in tests/test_metrics.py.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -38,10 +37,14 @@ def matthews_corrcoef(pred: np.ndarray, gold: np.ndarray) -> float:
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
     if np.std(pred) == 0 or np.std(gold) == 0:
         return 0.0  # a constant prediction has no correlation; scipy would return nan
+    from scipy import stats  # here, not at the top: scipy takes half a second to import, and `moebench list` must not wait
+
     return float(stats.pearsonr(pred, gold)[0])
 
 
 def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
     if np.std(pred) == 0 or np.std(gold) == 0:
         return 0.0
+    from scipy import stats
+
     return float(stats.spearmanr(pred, gold)[0])

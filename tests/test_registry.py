@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from moebench.errors import UsageError
@@ -27,3 +30,21 @@ def test_targets_load_lazily_and_clashes_raise():
     assert registry.get("json_dumps") is json.dumps
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("json_dumps", "json:loads")
+
+
+def test_descriptions_read_without_import_equal_the_loaded_ones():
+    fresh = Registry("method", "moebench.methods")
+    for name in METHODS.names():
+        assert fresh.description(name) == METHODS.get(name).description != ""
+    assert all(isinstance(target, str) for target in fresh._targets.values())  # nothing was imported
+
+
+def test_list_and_help_import_neither_torch_nor_scipy():
+    """`moebench --help` and `moebench list` answer at once: the heavy libraries stay unimported."""
+    code = ("import sys, contextlib, io\nfrom moebench.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['list', 'methods']); main(['list', 'tasks'])\n"
+            "    try: main(['--help'])\n    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'scipy', 'transformers', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
