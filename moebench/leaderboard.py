@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from moebench.comparison import is_degenerate, majority_metrics, task_replicates
+from moebench.config import LEGACY_DEFAULTS
 from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
 from moebench.stats import Comparison, compare, percentile_interval
@@ -227,6 +228,12 @@ def current_runs(runs: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
         warnings.append(f"{int(old.sum())} runs of an older trial protocol (before {PROTOCOL_VERSION}) are left out; "
                         "they stay in the store, and a rerun runs them again under this one")
     runs = runs[~old & (runs["status"] == "FINISHED")]
+    scores = [c for c in ("metrics.main_score", "metrics.select_main_score") if c in runs]
+    broken = ~np.isfinite(runs[scores].astype(float)).all(axis=1) if scores else pd.Series(False, index=runs.index)
+    if broken.any():  # runs logged before trials refused to finish with a non-finite score
+        warnings.append(f"{int(broken.sum())} finished runs with a non-finite score are left out "
+                        f"({', '.join(sorted(set(runs.loc[broken, 'params.method'])))}); rerun them")
+    runs = runs[~broken]
     return runs.sort_values("start_time", kind="stable").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
 
 
@@ -242,7 +249,9 @@ def check_one_budget(runs: pd.DataFrame) -> None:
     problems = []
     for task, group in runs.groupby("params.task", sort=False):
         # MoE options are unset on runs without experts (dense): compare them among the MoE runs only
-        values = {c: group[c].dropna() if c.startswith("params.moe.") else group[c].fillna("(unset)") for c in budget}
+        # a param absent from older runs is the value they had (LEGACY_DEFAULTS), else "(unset)"
+        values = {c: group[c].dropna() if c.startswith("params.moe.")
+                  else group[c].fillna(LEGACY_DEFAULTS.get(c.removeprefix("params."), "(unset)")) for c in budget}
         differing = {c.removeprefix("params."): sorted(map(str, v.unique())) for c, v in values.items() if v.nunique() > 1}
         problems += [f"{task} {name}: {', '.join(values)}" for name, values in sorted(differing.items())]
     if problems:

@@ -178,6 +178,14 @@ def test_runs_of_an_older_protocol_are_left_out_with_a_warning():
     assert any("older trial protocol" in w for w in board.warnings)
 
 
+def test_finished_runs_with_a_non_finite_score_are_left_out_never_shown_as_nan():
+    runs = [record("a", "stsb", 0, math.nan), record("a", "stsb", 1, 0.6), record("a", "stsb", 2, 0.7, select=math.inf)]
+    board = leaderboard.build(runs, "exp")
+    assert board.rows["a"]["stsb"].values == [0.6]
+    assert any("non-finite score" in w and "(a)" in w for w in board.warnings)
+    assert "nan" not in leaderboard.to_markdown(board).lower()
+
+
 def test_formats_carry_the_marks_and_the_majority_row(golds):
     rng = np.random.default_rng(4)
     runs = [record(m, "rte", s, k / 60 + s / 100, predictions=accuracy_predictions(golds, k, rng), golds=golds)
