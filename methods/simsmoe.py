@@ -99,7 +99,9 @@ class SimSMoE(Method):
         for layer in model.moe_layers:
             d_model = layer.router.in_features
             # A submodule of the layer, so the model's optimizer trains it and .to() moves it.
-            layer.simsmoe_head = nn.Linear(d_model, layer.num_experts).to(layer.router.weight.device)
+            # In the experts' device and dtype: it projects their outputs.
+            like = layer.experts[0].fc2.weight
+            layer.simsmoe_head = nn.Linear(d_model, layer.num_experts).to(device=like.device, dtype=like.dtype)
             self.heads.append(layer.simsmoe_head)
             self.trackers.append(PairTracker(layer.num_experts, self.params.cont_freq))
 

@@ -6,7 +6,9 @@ Heavy libraries (torch, ray, mlflow) are imported inside the commands, so `--hel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import shlex
 import sys
 
@@ -16,6 +18,7 @@ DEFAULT_OUTPUT_DIR = "moebench-runs"
 RUN_DEFAULTS = {
     "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
     "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32, "eval_batch_size": 128, "group_by_length": True,
+    "precision": "fp32", "deterministic": False,
     "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
     "router_jitter": 0.0, "router_init_std": 0.02, "renormalize": None, "upcycle": ["copy"], "upcycle_noise": 0.05,
     "upcycle_ratio": 0.5, "share_neurons": 0, "split_by": "random", "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
@@ -35,8 +38,15 @@ def seed_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as every other bad input: one line on stderr, exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"moebench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moebench", description="Compare MoE diversity methods on language-understanding tasks.")
+    parser = OneLineParser(prog="moebench", description="Compare MoE diversity methods on language-understanding tasks.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train every (method, task, seed) as a Ray Tune trial, log to MLflow, print a leaderboard",
@@ -62,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-batch-size", type=int, help="evaluation batches, sorted by length (default: 128)")
     run.add_argument("--group-by-length", action=argparse.BooleanOptionalAction,
                      help="training batches of similar lengths, from a seeded shuffle the same for every method (default: on)")
+    run.add_argument("--precision", help="fp32 (default), bf16 or fp16: forwards under autocast, weights stay fp32 "
+                                         "(bf16 for GPUs; fp16 adds a gradient scaler)")
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                     help="deterministic kernels (torch.use_deterministic_algorithms): bit-reproducible GPU runs, slower "
+                          "(default: off)")
     run.add_argument("--lr", type=float, help="peak learning rate (default: 5e-5)")
     run.add_argument("--weight-decay", type=float, help="(default: 0.01)")
     run.add_argument("--warmup-ratio", type=float, help="(default: 0.1)")
@@ -117,25 +132,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_run_options(args: argparse.Namespace, actions: dict[str, argparse.Action]) -> argparse.Namespace:
     """Defaults, then the experiment file, then what the command line gave."""
-    from moebench.experiment import load_experiment
+    from moebench.experiment import load_experiment, option_lines
 
     given = vars(args)
     options = dict(RUN_DEFAULTS)
+    file_lines = {}  # options the file gave and the command line did not -> their line in the file
     if given.get("config"):
-        options.update(load_experiment(given["config"], actions))
+        file_options = load_experiment(given["config"], actions)
+        options.update(file_options)
+        lines = option_lines(given["config"])
+        file_lines = {k: lines[k] for k in file_options if k not in given and k in lines}
     from_file = options["overrides"]
     options.update({k: v for k, v in given.items() if k in RUN_DEFAULTS})
     options["overrides"] = from_file + given.get("overrides", [])  # a --set on the command line wins over the file's
     for required in ("methods", "tasks"):
         if not options[required]:
             raise UsageError(f"--{required} is required (on the command line or as `{required}:` in --config)")
-    return argparse.Namespace(**{**given, **options})
+    return argparse.Namespace(**{**given, **options, "file_lines": file_lines})
+
+
+@contextlib.contextmanager
+def naming_the_file(args: argparse.Namespace):
+    """A check that refuses an option's value names the experiment file and line the value came
+    from, as the file's own errors do (a value from the command line names its flag alone)."""
+    try:
+        yield
+    except UsageError as error:
+        flag = re.match(r"--([a-z][a-z-]*)", str(error))
+        line = flag and getattr(args, "file_lines", {}).get(flag[1].replace("-", "_"))
+        if not line:
+            raise
+        raise UsageError(f"{args.config}, line {line}: {error}") from None
 
 
 def run_config_from_args(args: argparse.Namespace):
     from moebench.config import RunConfig, TrainConfig, check_methods, expand_tasks, parse_overrides
     from moebench.moe.upcycle import MoEConfig
 
+    try:
+        check_methods([args.baseline])  # a typo would only show when the board is built, after the sweep
+    except UsageError as error:
+        raise UsageError(f"--baseline: {error}") from None
     return RunConfig(
         methods=check_methods(args.methods),
         tasks=expand_tasks(args.tasks),
@@ -148,6 +185,7 @@ def run_config_from_args(args: argparse.Namespace):
             warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
             max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
             train_split=args.train_split, select_split=args.select_split, report_split=args.report_split, select=args.select,
+            precision=args.precision,
         ),
         moe=MoEConfig(num_experts=args.num_experts, top_k=args.top_k, layers=args.moe_layers, router_jitter=args.router_jitter,
                       router_init_std=args.router_init_std, renormalize=args.renormalize, upcycle_noise=args.upcycle_noise,
@@ -165,6 +203,7 @@ def run_config_from_args(args: argparse.Namespace):
         scheduler=args.scheduler,
         search_space=args.search_space,
         allow_dirty=args.allow_dirty,
+        deterministic=args.deterministic,
     )
 
 
@@ -173,16 +212,11 @@ def validate(cfg, named: set[str] = frozenset()):
     Returns the config (without the tasks of a group that have no data, said on stderr) and its trials."""
     import dataclasses
 
-    from moebench.moe.upcycle import check_model
+    from moebench.errors import DataError
+    from moebench.preflight import check_environment
     from moebench.task import resolve_data_dir
 
-    if cfg.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial must be > 0, got {cfg.cpus_per_trial}")
-    if cfg.gpus_per_trial is not None and cfg.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0, got {cfg.gpus_per_trial}")
-    if cfg.gpus_per_trial is not None and cfg.gpus_per_trial > 1:
-        raise UsageError(f"--gpus-per-trial {cfg.gpus_per_trial:g}: a trial trains on one device, so more than 1 GPU per "
-                         "trial would only idle; give 1, or a fraction (0.5, 0.25) to run several trials per GPU")
+    check_environment(cfg)  # output dir, tracking store, resources, the model's config.json, memory
     data_dir = resolve_data_dir(cfg.data_dir)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir!r} is not a directory")
@@ -190,6 +224,8 @@ def validate(cfg, named: set[str] = frozenset()):
     for task in cfg.tasks:
         try:
             check_task_data(task, cfg.train, data_dir)
+        except DataError:
+            raise  # a malformed file stops the run even in a group: it is there, so it was meant to be read
         except UsageError as error:
             if task in named:
                 raise
@@ -201,9 +237,18 @@ def validate(cfg, named: set[str] = frozenset()):
         if len(skipped) == len(cfg.tasks):
             raise UsageError("none of the requested tasks has data here (see above)")
         cfg = dataclasses.replace(cfg, tasks=tuple(t for t in cfg.tasks if t not in skipped))
-    trials = cfg.trials()
-    check_model(trials[0].model)
-    return cfg, trials
+    check_task_metrics(cfg.tasks)
+    return cfg, cfg.trials()
+
+
+def check_task_metrics(names) -> None:
+    """Each task's `evaluate` metric loads now (a plugin's Hub id offline, a missing module
+    directory: one usage error), not in every trial."""
+    from moebench.metric import check_metric
+    from moebench.registry import TASKS
+
+    for name in names:
+        check_metric(TASKS.get(name))
 
 
 def check_task_data(name: str, train, data_dir: str | None) -> None:
@@ -219,17 +264,36 @@ def check_task_data(name: str, train, data_dir: str | None) -> None:
     for i, expression in enumerate(report_splits(task, train.report_split).values()):
         roles["--report-split" if i == 0 else f"report split {i + 1}"] = Split.parse(expression, "--report-split")
     task.check_data(data_dir, list(dict.fromkeys(split.name for split in roles.values())))
-    sizes: dict[str, int] = {}
+    sizes = load_task_splits(task, roles, data_dir, held_out=not train.select_split)
     items = list(roles.items())
     for i, (flag, split) in enumerate(items):
         for other_flag, other in items[i + 1:]:
             if split.name != other.name:
                 continue
-            if split.name not in sizes:
-                sizes[split.name] = len(task.load(split.name, data_dir))
             if split.overlaps(other, sizes[split.name]):
                 raise UsageError(f"task {name!r}: {flag} {split} and {other_flag} {other} overlap; give disjoint parts, "
                                  f"e.g. {split.name}[:60%], {split.name}[60%:80%] and {split.name}[80%:]")
+
+
+def load_task_splits(task, roles: dict, data_dir: str | None, held_out: bool) -> dict[str, int]:
+    """Read every split a task's trials need, once, in the driver and before Ray starts: a bad
+    file is then one usage error naming its file and line (the loaders raise DataError), not a
+    failure in every trial. The examples stay cached for later driver steps (task.load_examples).
+    Refuses a slice that selects no rows. Returns each named split's size."""
+    from moebench.task import load_examples
+
+    sizes: dict[str, int] = {}
+    for flag, split in roles.items():
+        if split.name not in sizes:
+            sizes[split.name] = len(load_examples(task, split.name, data_dir))
+        start, stop = split.bounds(sizes[split.name])
+        if stop <= start:
+            raise UsageError(f"task {task.name!r}: {flag} {split} selects none of the {sizes[split.name]} examples of "
+                             f"{split.name}")
+        if flag == "--train-split" and held_out and stop - start < 2:
+            raise UsageError(f"task {task.name!r}: --train-split {split} has {stop - start} example, too few to hold out a "
+                             "selection slice; give --select-split")
+    return sizes
 
 
 def check_clean_checkout(allow_dirty: bool) -> None:
@@ -260,11 +324,22 @@ def check_experiment_budget(uri: str, experiment: str, trials) -> None:
         raise UsageError(f"experiment {experiment!r} already holds finished runs, and {error}") from None
 
 
+def print_feature_cache(trials) -> None:
+    from moebench.features import cache_features
+    from moebench.task import forget_loaded_examples
+
+    built, found = cache_features(trials)
+    forget_loaded_examples()  # a large training split should not stay in the driver for the whole sweep
+    if built or found:
+        print(f"moebench: tokenized features: {built} splits built, {found} found in {trials[0].feature_cache}", file=sys.stderr)
+
+
 def command_run(args: argparse.Namespace) -> int:
     args = resolve_run_options(args, args.run_actions)
     from moebench.config import named_tasks
 
-    cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
+    with naming_the_file(args):
+        cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
     check_clean_checkout(cfg.allow_dirty)
     uri = cfg.resolved_tracking_uri()
     check_experiment_budget(uri, cfg.experiment, trials)
@@ -273,21 +348,43 @@ def command_run(args: argparse.Namespace) -> int:
     modes = f" x {len(cfg.upcycle)} upcycling modes" if len(cfg.upcycle) > 1 else ""
     print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods{modes} x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
           f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
-    from moebench.sweep import run_sweep
+    import signal
+
+    from moebench.lease import describe, experiment_lease
+    from moebench.sweep import StopSignals, SweepSummary, run_sweep
     from moebench.tracking import previous_runs
 
-    finished, stale = previous_runs(uri, cfg.experiment, {t.fingerprint() for t in trials})
-    todo = [t for t in trials if t.fingerprint() not in finished]
-    if finished or stale:
-        print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
-              + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
-    summary = run_sweep(cfg, todo, args.command_line) if todo else None
-    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"), baseline=args.baseline)
+    def lease_lost(holder: dict) -> None:  # called from the heartbeat thread
+        print(f"moebench: another sweep took experiment {cfg.experiment!r} over while this one was unresponsive "
+              f"({describe(holder)}); stopping", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    todo, summary = trials, None
+    with StopSignals() as stop:
+        try:
+            with experiment_lease(uri, cfg.experiment, args.command_line, on_lost=lease_lost):
+                finished, stale = previous_runs(uri, cfg.experiment, {t.fingerprint() for t in trials})
+                todo = [t for t in trials if t.fingerprint() not in finished]
+                if finished or stale:
+                    print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
+                          + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
+                if todo:  # every task split tokenized once, before Ray starts: a data error stops the sweep here
+                    print_feature_cache(todo)
+                summary = run_sweep(cfg, todo, args.command_line, stop) if todo else None
+        except KeyboardInterrupt:  # a signal outside Tune's fit(): before the sweep started, or after
+            summary = summary or SweepSummary()
+            summary.interrupted = stop.signum or signal.SIGINT
+    # A board is written only for a complete sweep: a partial one could be read, and cited, as the result.
+    if summary and summary.interrupted:
+        done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
+        print(f"moebench: interrupted: {done} of {len(trials)} trials finished; rerun the same command to resume", file=sys.stderr)
+        return 128 + summary.interrupted
     if summary and summary.aborted:
         print(f"\nmoebench: the sweep stopped before all trials ended ({summary.aborted}). "
               f"{len(summary.finished)} trials FINISHED are kept in MLflow; rerun the same command to run the rest.",
               file=sys.stderr)
         return 1
+    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"), baseline=args.baseline)
     if summary and summary.failed:
         print(f"\n{len(summary.failed)} of {len(todo)} trials FAILED:", file=sys.stderr)
         for label, reason in summary.failed:
@@ -365,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UsageError as error:
-        print(f"moebench: error: {error}", file=sys.stderr)
+        print(f"moebench: error: {' '.join(str(error).splitlines())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print("moebench: interrupted", file=sys.stderr)

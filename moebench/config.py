@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
 from moebench.splits import Split
 from moebench.task import resolve_data_dir, task_groups
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,11 @@ class TrainConfig:
     select_split: str | None = None
     report_split: str | None = None
     select: str = "best"  # "best": the epoch best on the select split; "last": the last epoch
+    precision: str = "fp32"  # "bf16"/"fp16": forwards under autocast (weights and optimizer stay fp32)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         Split.parse(self.train_split, "--train-split")
         for flag, value in {"--select-split": self.select_split, "--report-split": self.report_split}.items():
             if value is not None:
@@ -59,6 +66,9 @@ class TrainConfig:
         for flag, value in {"--max-train-samples": self.max_train_samples, "--max-eval-samples": self.max_eval_samples}.items():
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be a positive integer, got {value}")
+        for flag, value in {"--lr": self.lr, "--weight-decay": self.weight_decay, "--warmup-ratio": self.warmup_ratio}.items():
+            if not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {value}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -86,6 +96,12 @@ class TrialConfig:
     data_id: str = ""
     search: str = "none"  # "none", "grid:N" or "random:N" (N configurations per method)
     searched_train_params: tuple[str, ...] = ()  # training options the search varies (e.g. lr)
+    # Not a param: it picks deterministic kernels for the same computation, so a run made without
+    # it is the same trial (resumed, compared); recorded as the run's tag moebench.deterministic.
+    deterministic: bool = False
+    # Not a param either: where tokenized features are cached (moebench.features). A cache changes
+    # where a trial's features come from, never what they are. None: encoded in memory.
+    feature_cache: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,13 +124,23 @@ class TrialConfig:
         flat.update({f"{self.method}.{k}": v for k, v in self.method_params.items()})
         return {k: str(v) for k, v in flat.items()}
 
+    def identity_params(self) -> dict[str, str]:
+        """flat_params without options at the value runs had before the option existed, so those
+        runs keep their fingerprints and resume."""
+        return {k: v for k, v in self.flat_params().items() if LEGACY_DEFAULTS.get(k) != v}
+
     def fingerprint(self) -> str:
         """Stable hash of everything that defines the trial (to find it again in MLflow)."""
-        return stable_hash(self.flat_params())
+        return stable_hash(self.identity_params())
 
     def config_id(self) -> str:
         """The same hash without the seed: runs of one configuration over seeds share it."""
-        return stable_hash({k: v for k, v in self.flat_params().items() if k != "seed"})
+        return stable_hash({k: v for k, v in self.identity_params().items() if k != "seed"})
+
+
+# Params added after runs were logged -> the value those runs had. A run without the param is
+# read as having this value (budget checks), and hashes as before (TrialConfig.identity_params).
+LEGACY_DEFAULTS = {"train.precision": "fp32"}
 
 
 def stable_hash(params: dict[str, str]) -> str:
@@ -144,12 +170,34 @@ class RunConfig:
     # method -> {param: [values]} (default: the method's own); "train" -> {lr: [...]} (default TRAIN_SEARCH_SPACE)
     search_space: dict = field(default_factory=dict)
     allow_dirty: bool = False  # run from a checkout with uncommitted changes
+    deterministic: bool = False  # deterministic kernels in every trial (TrialConfig.deterministic)
 
     def __post_init__(self):
         for mode in self.upcycle:
             dataclasses.replace(self.moe, upcycle=mode)  # MoEConfig names a bad mode and the valid ones
         if not self.upcycle:
             raise UsageError("--upcycle needs at least one mode")
+        if not self.seeds:
+            raise UsageError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+        bad_seeds = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32]
+        if bad_seeds:
+            raise UsageError(f"--seeds must be integers from 0 to 2**32 - 1 (numpy's seed range), got {bad_seeds[0]!r}")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise UsageError(f"--cpus-per-trial must be a finite number > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise UsageError(f"--gpus-per-trial must be a finite number >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1:
+            raise UsageError(f"--gpus-per-trial {self.gpus_per_trial:g}: a trial trains on one device, so more than 1 GPU per "
+                             "trial would only idle; give 1, or a fraction (0.5, 0.25) to run several trials per GPU")
+        if not self.experiment.strip():
+            raise UsageError("--experiment must be a non-empty MLflow experiment name")
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key in self.search_space:
+            if key != "train":
+                METHODS.get(key)  # an unknown method, with "did you mean"
+        unknown = sorted(set(self.search_space.get("train", {})) - train_fields)
+        if unknown:
+            raise UsageError(f"search_space: train has no option {unknown[0]!r}; searchable: {', '.join(sorted(train_fields))}")
         if self.search not in ("none", "grid", "random"):
             raise UsageError(f"--search must be one of none, grid, random; got {self.search!r}")
         if self.scheduler not in ("fifo", "asha"):
@@ -222,9 +270,13 @@ class RunConfig:
                     for params, train in configurations[m]:
                         for s in self.seeds:
                             trial = TrialConfig(m, t, s, model, data_dir, train, moe, params, model_identity, data_identity[t],
-                                                search, searched)
+                                                search, searched, self.deterministic, feature_cache=self.feature_cache_dir())
                             trials.setdefault(trial.fingerprint(), trial)
         return list(trials.values())
+
+    def feature_cache_dir(self) -> str:
+        """Tokenized features shared by this run's trials (and later runs of the same output dir)."""
+        return os.path.join(os.path.abspath(self.output_dir), "cache", "features")
 
     def split_names(self, task: str) -> list[str]:
         """The named splits a task's trials read (for the data's identity)."""
@@ -239,7 +291,13 @@ class RunConfig:
 def train_options(base: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
     """A searched configuration's training options: `base` with the searched values (typed as the field)."""
     types = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(base)}
-    return dataclasses.replace(base, **{k: types[k](v) for k, v in overrides.items()})
+    typed = {}
+    for k, v in overrides.items():
+        try:
+            typed[k] = types[k](v)
+        except (ValueError, TypeError):
+            raise UsageError(f"search_space: train.{k} value {v!r} is not {types[k].__name__}") from None
+    return dataclasses.replace(base, **typed)
 
 
 def named_tasks(names: list[str]) -> set[str]:
@@ -280,4 +338,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
             raise UsageError(f"--set expects METHOD.PARAM=VALUE, got {item!r}")
         METHODS.get(method)
         out.setdefault(method, {})[param] = value
+    for method, params in out.items():
+        parse_params(METHODS.get(method), params)  # a bad value is refused even for a method this run leaves out
     return out

@@ -19,12 +19,15 @@ from moebench.errors import UsageError
 def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str, Any]:
     """Options from an experiment file, converted with the same types as the command line."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except OSError as error:
         raise UsageError(f"--config {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--config {path}: not a UTF-8 text file (byte 0x{error.object[error.start]:02x} at offset "
+                         f"{error.start}); an experiment file is YAML text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
@@ -33,11 +36,13 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of option: value at the top level")
-    lines = {key.value: key.start_mark.line + 1 for key, _ in root.value}
+    lines = {key.value: key.start_mark.line + 1 for key, _ in root.value if isinstance(key.value, str)}
 
     options: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{path}, line {lines.get(key, '?')}"
+        if not isinstance(key, str):
+            raise UsageError(f"{where}: key {key!r} is not an option name")
         dest = str(key).replace("-", "_")
         if dest == "set":
             options["overrides"] = method_overrides(value, where)
@@ -50,8 +55,27 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
             close = difflib.get_close_matches(dest, valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(valid)}")
+        if value is None and not may_be_null(dest):
+            raise UsageError(f"{where}: {key!r} has no value; give one, or leave the key out for the default")
         options[dest] = convert(actions[dest], value, where, key)
     return options
+
+
+def may_be_null(dest: str) -> bool:
+    """Options whose default is None (no subset, the packaged model, ...) take null; the others need a value."""
+    from moebench.cli import RUN_DEFAULTS
+
+    return RUN_DEFAULTS.get(dest) is None
+
+
+def option_lines(path: str) -> dict[str, int]:
+    """Option (dest) -> its line in an experiment file that load_experiment has read, so that
+    a value the file gave and a later check refuses is reported with its file and line."""
+    with open(path, encoding="utf-8") as f:
+        root = yaml.compose(f.read())
+    if root is None or not isinstance(root.value, list):
+        return {}
+    return {key.value.replace("-", "_"): key.start_mark.line + 1 for key, _ in root.value if isinstance(key.value, str)}
 
 
 def convert(action: argparse.Action, value: Any, where: str, key: str) -> Any:

@@ -29,7 +29,31 @@ class Split:
                 f"{option} {expression!r} is not a split expression; examples: train, validation[:50%], "
                 "validation[50%:], train[:1000]"
             )
-        return cls(match["name"], match["start"], match["stop"])
+        split = cls(match["name"], match["start"], match["stop"])
+        split.check_bounds(expression, option)
+        return split
+
+    def check_bounds(self, expression: str, option: str) -> None:
+        """Percentages within 100%, and a start before the stop wherever that is known without the
+        split's size (both percentages, or both row counts of the same sign); the rest is checked
+        once the split is loaded (the driver refuses a slice that selects no rows)."""
+        for boundary in (self.start, self.stop):
+            if boundary is not None and boundary.endswith("%") and abs(int(boundary[:-1])) > 100:
+                raise UsageError(f"{option} {expression!r}: {boundary} is outside 0-100% of the split")
+        first = self.start if self.start is not None else ("0%" if (self.stop or "").endswith("%") else "0")
+        last = self.stop if self.stop is not None else ("100%" if first.endswith("%") else None)
+        if last is None or first.endswith("%") != last.endswith("%"):
+            return
+        start, stop = int(first.rstrip("%")), int(last.rstrip("%"))
+        if first.endswith("%"):  # a negative percentage counts from the end
+            start, stop = (value if value >= 0 else 100 + value for value in (start, stop))
+        elif (start < 0) != (stop < 0):
+            return
+        if start > stop:
+            raise UsageError(f"{option} {expression!r} is reversed: its start {first} comes after its stop {last}; "
+                             f"slices go [start:stop], e.g. {self.name}[{last}:{first}]")
+        if start == stop:
+            raise UsageError(f"{option} {expression!r} selects no rows: its start and stop are the same place")
 
     def __str__(self) -> str:
         if self.start is None and self.stop is None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -94,24 +96,67 @@ class SweepSummary:
     stopped: list[str] = field(default_factory=list)  # by the early-stopping scheduler
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
     aborted: str | None = None  # why the whole sweep stopped early, if it did
+    interrupted: int | None = None  # the signal that stopped it, if one did
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop a sweep as Ray Tune's Ctrl-C does (no new trial starts, the running
+    ones are stopped, fit() returns), and remember which signal it was.
+
+    Tune's own SIGINT handler is turned off: fit() returns normally after it, so a stopped sweep
+    looked complete. While fit() runs, the first signal calls Tune's SIGUSR1 handler, its graceful
+    stop; before or after fit(), or on a second signal, it raises KeyboardInterrupt. ray.init()
+    replaces the SIGTERM handler with one that exits at once: call install() again after it.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_fit = False
+        self._previous: dict[int, object] = {}
+        self._tune_env = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            self._previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self.install()
+        return self
+
+    def install(self) -> None:
+        for signum in self._previous:
+            signal.signal(signum, self.handle)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._previous:
+            if self._tune_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._tune_env
+        self._previous = {}
+
+    def handle(self, signum, frame):
+        first = self.signum is None
+        self.signum = self.signum or signum
+        graceful = signal.getsignal(signal.SIGUSR1)  # Tune installs it when fit() starts
+        if first and self.in_fit and callable(graceful):
+            graceful(signum, frame)
+        else:
+            raise KeyboardInterrupt
 
 
 def trial_label(spec: TrialConfig) -> str:
     return f"{spec.method}/{spec.task}/seed{spec.seed}"
 
 
-def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> SweepSummary:
+def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop: StopSignals | None = None) -> SweepSummary:
+    """Run the trials; `stop`, entered by the caller, turns SIGINT/SIGTERM into a graceful stop."""
     import ray
     from ray import tune
 
-    os.environ["MOEBENCH_TRIAL_THREADS"] = str(max(1, int(cfg.cpus_per_trial)))
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
-             runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
-                                       "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-                                       "TOKENIZERS_PARALLELISM": "false"}})
-    # The default follows the cluster's GPUs, not the driver's: a cluster's head often has none.
-    gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+    stop = stop or StopSignals()
     summary = SweepSummary()
     bar = tqdm(total=len(trials), desc="trials", unit="trial")
 
@@ -133,27 +178,49 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "") -> S
             bar.update(1)
 
     output_dir = os.path.abspath(cfg.output_dir)
-    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event, command)
-    tuner = tune.Tuner(
-        tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
-        param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
-        tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs, {t: TASKS.get(t).higher_is_better for t in cfg.tasks})
-                                    if cfg.scheduler == "asha" else None),
-        run_config=tune.RunConfig(
-            name=cfg.experiment,
-            storage_path=os.path.join(output_dir, "ray"),
-            callbacks=[callback],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
+    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event, command,
+                              stopping=lambda: stop.signum is not None)
+    os.environ["MOEBENCH_TRIAL_THREADS"] = str(max(1, int(cfg.cpus_per_trial)))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    keyboard_interrupt = False
     try:
+        ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
+                 runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
+                                           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                                           "TOKENIZERS_PARALLELISM": "false"}})
+        stop.install()
+        # The default follows the cluster's GPUs, not the driver's: a cluster's head often has none.
+        gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+        tuner = tune.Tuner(
+            tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
+            param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
+            tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs, {t: TASKS.get(t).higher_is_better for t in cfg.tasks})
+                                        if cfg.scheduler == "asha" else None),
+            run_config=tune.RunConfig(
+                name=cfg.experiment,
+                storage_path=os.path.join(output_dir, "ray"),
+                callbacks=[callback],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        stop.in_fit = True
         tuner.fit()
+    except KeyboardInterrupt:  # a signal before Tune could stop gracefully, or a second one
+        keyboard_interrupt = True
     except Exception as error:
         # Ray raises out of fit() for failures of its own machinery rather than of a trial (a
         # trial's worker killed by Ray's memory monitor does this): report it, keep what finished.
         summary.aborted = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
     finally:
+        stop.in_fit = False
+        # Tune stops the trials still running without a callback: their runs would stay RUNNING.
+        callback.close_open_runs(signal.Signals(stop.signum).name if stop.signum else "the sweep stopped")
         bar.close()
         ray.shutdown()
+    ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
+    if keyboard_interrupt or (stop.signum and ended < len(trials)):
+        summary.interrupted = stop.signum or signal.SIGINT
+    elif ended < len(trials) and not summary.aborted:
+        summary.aborted = f"Ray Tune returned with {len(trials) - ended} of {len(trials)} trials not ended"
     return summary

@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
-from moebench.errors import UsageError
+from moebench.errors import DataError, UsageError
 
 DATA_DIR_ENV = "MOEBENCH_DATA_DIR"
 
@@ -33,6 +33,12 @@ class Task(Protocol):
     eval_splits: dict[str, str]  # metric-name suffix -> split ("" -> "validation" for most tasks)
     # Metrics whose mean is this task's share of its family average (default: main_metric).
     family_metrics: tuple[str, ...]
+    # Optional: the Hugging Face `evaluate` module behind `score`, named as `evaluate.load` takes
+    # it (a local module directory or script, or a Hub id such as "seqeval"), and its
+    # configuration. `moebench run` loads it before Ray starts (exit 2 if it cannot), the trial's
+    # MLflow run is tagged with its name and version, and moebench.metric.compute runs it.
+    metric: str
+    metric_config: str | None
 
     def head_kwargs(self) -> dict[str, Any]:
         """Extra from_pretrained kwargs for the head (num_labels, problem_type)."""
@@ -46,15 +52,18 @@ class Task(Protocol):
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         """Tokenised features (unpadded): model inputs and the training target (`labels`, or
         `start_positions`/`end_positions`), plus any metadata `score` needs. One example may
-        give several features (QA windows)."""
+        give several features (QA windows). Every feature has the same keys. Trials call it on
+        consecutive chunks of a split (moebench.features), so a feature may refer to its example
+        only by content or by `example_index`, its position in `examples` (shifted per chunk)."""
 
     def predict(self, output, batch: dict) -> list:
         """One batch's model output -> one prediction per feature (plain Python values)."""
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
-        """The official metric(s) of the task, main_metric among them. Always
+        """The official metric(s) of the task, main_metric among them. Always the numbers of
         `self.metrics_of(*self.outcomes(predictions, features, examples))`, plus any counts that
-        need the features (NER's `truncated_words`), so a subset re-scores with the same metric."""
+        need the features (NER's `truncated_words`), so a subset re-scores with the same metric.
+        Built-in tasks compute them here with `moebench.metric.compute` (evaluate's `compute`)."""
 
     def outcomes(self, predictions: list, features: list[dict[str, Any]],
                  examples: list[dict[str, Any]]) -> tuple[list, list]:
@@ -69,7 +78,8 @@ class Task(Protocol):
     def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
         """The official metric(s) (every one `score` reports from predictions, main_metric and
         family_metrics among them) of example-level lists as `outcomes` returns them, or any
-        subset or resample of them. Called many times per run by the bootstrap: keep it fast."""
+        subset or resample of them. Called many times per run by the bootstrap: keep it fast
+        (built-in tasks call their module's `_compute` directly: moebench.metric.compute_direct)."""
 
     def majority_predictions(self, golds: list) -> list | None:
         """Example-level predictions of the constant, untrained "majority" baseline, from the
@@ -77,6 +87,42 @@ class Task(Protocol):
         smallest) or the mean gold value for regression; MultiRC the most frequent option label
         for every option; NER "O" for every word; SQuAD "" for every question. None where no
         constant answer exists (ReCoRD). Metrics undefined on a constant may come out NaN."""
+
+
+def read_text(path: str) -> str:
+    """A local data file as text: UTF-8 (a leading BOM is dropped). Bytes that are not UTF-8 stop
+    the load with the file and line, as a DataError (a usage error), not a traceback."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise DataError(f"{path}: {error.strerror}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
+_LOADED: dict[tuple[str, str, str | None], list] = {}
+
+
+def load_examples(task: "Task", split: str, data_dir: str | None) -> list[dict[str, Any]]:
+    """`task.load(split, data_dir)`, read once per process: the driver reads every split a sweep
+    needs before Ray starts (a malformed file is then one usage error, not a failure in every
+    trial), and later driver-side steps get the same examples without reading them again."""
+    key = (task.name, split, data_dir)
+    if key not in _LOADED:
+        _LOADED[key] = task.load(split, data_dir)
+    return _LOADED[key]
+
+
+def forget_loaded_examples() -> None:
+    """Drop what `load_examples` keeps: the driver needs no examples once the features are cached."""
+    _LOADED.clear()
 
 
 def family_score(task, metrics: dict[str, float]) -> float:
@@ -97,7 +143,7 @@ def check_splits(task: Task, data_dir: str | None, splits: list[str], known: lis
         raise UsageError(f"task {task.name!r} has no split {unknown[0]!r}; its splits: {', '.join(known)}")
     if data_dir is None:
         for split in splits:
-            task.load(split, None)
+            load_examples(task, split, None)
         return
     missing = [local_path(data_dir, s) for s in splits if not os.path.isfile(local_path(data_dir, s))]
     if missing:

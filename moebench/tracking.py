@@ -28,6 +28,7 @@ TAG_COMMAND = "moebench.command"
 TAG_CONFIG = "moebench.config"
 TAG_STOPPED_EARLY = "moebench.stopped_early"
 TAG_HARDWARE = "moebench.hardware"
+TAG_INTERRUPTED = "moebench.interrupted"  # on a KILLED run: what stopped its sweep mid-trial
 
 
 @contextlib.contextmanager
@@ -70,8 +71,8 @@ def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) ->
     """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
 
     Those stale RUNNING runs are closed as KILLED, so the store never shows a trial running
-    that nobody runs. (Two sweeps writing one experiment at once would see each other's runs
-    as stale: give them different experiments.)
+    that nobody runs. Call it only while holding the experiment's lease (moebench.lease): then
+    no other live sweep of the experiment exists, and every RUNNING run is a leftover.
     """
     from mlflow.tracking import MlflowClient
 
@@ -89,6 +90,7 @@ def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) ->
             finished.add(fingerprint)
         elif run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, TAG_ERROR, "interrupted: its sweep stopped before the trial ended")
+            client.set_tag(run.info.run_id, TAG_INTERRUPTED, "its sweep ended without closing it")
             client.set_terminated(run.info.run_id, "KILLED")
             stale += 1
     return finished, stale
@@ -129,12 +131,15 @@ def split_roles(spec: TrialConfig, task) -> str:
 
 
 class MLflowCallback(tune.Callback):
-    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None, command: str = ""):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None, command: str = "",
+                 stopping=None):
         self.tracking_uri, self.experiment, self.artifact_dir = tracking_uri, experiment, artifact_dir
         self.command = command
         self.on_event = on_event or (lambda kind, trial, payload: None)
+        self.stopping = stopping or (lambda: False)  # True once a signal asked the sweep to stop
         self._client = None
         self._run_ids: dict[str, str] = {}
+        self._open: dict[str, object] = {}  # trial id -> trial, for runs not yet closed
         self._last_epoch: dict[str, int] = {}
         self._final_logged: set[str] = set()
         self._history: dict[str, list[dict]] = {}  # per-epoch results, saved with the run when it ends
@@ -143,6 +148,7 @@ class MLflowCallback(tune.Callback):
         self._client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        from moebench.metric import metric_tags
         from moebench.registry import TASKS
 
         spec = TrialConfig.from_dict(trial.config["trial"])
@@ -160,9 +166,12 @@ class MLflowCallback(tune.Callback):
             "moebench.version": __version__,
             "moebench.python": sys.version.split()[0],
             "moebench.driver_host": os.uname().nodename,
+            "moebench.deterministic": str(spec.deterministic),
+            **metric_tags(task),  # the evaluate module behind the scores: name, configuration, version
         }
         run = self._client.create_run(self._experiment_id, tags=tags)
         self._run_ids[trial.trial_id] = run.info.run_id
+        self._open[trial.trial_id] = trial
         from mlflow.entities import Param
 
         self._client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in spec.flat_params().items()])
@@ -198,6 +207,9 @@ class MLflowCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_ids[trial.trial_id]
         spec = TrialConfig.from_dict(trial.config["trial"])
+        if trial.trial_id not in self._final_logged and self.stopping():
+            return  # stopped by the signal, not the scheduler: close_open_runs marks it interrupted
+        self._open.pop(trial.trial_id, None)
         self.save_history(trial)
         if trial.trial_id in self._final_logged:
             self._client.set_terminated(run_id, "FINISHED")
@@ -212,6 +224,7 @@ class MLflowCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_ids.get(trial.trial_id)
+        self._open.pop(trial.trial_id, None)
         self.save_history(trial)
         traceback_text = read_error(trial)
         reason = error_reason(traceback_text)
@@ -221,3 +234,18 @@ class MLflowCallback(tune.Callback):
                 self._client.log_text(run_id, traceback_text, "error.txt")
             self._client.set_terminated(run_id, "FAILED")
         self.on_event("error", TrialConfig.from_dict(trial.config["trial"]), reason)
+
+    def close_open_runs(self, why: str) -> None:
+        """After fit(): close the runs of trials Tune stopped without a callback (a signal, or Ray
+        failing). A trial that had reported its final metrics is complete; the others are KILLED,
+        tagged as interrupted, and rerun on resume."""
+        for trial_id, trial in list(self._open.items()):
+            if trial_id in self._final_logged:
+                self.on_trial_complete(0, [], trial)
+                continue
+            self._open.pop(trial_id)
+            run_id = self._run_ids[trial_id]
+            self.save_history(trial)
+            self._client.set_tag(run_id, TAG_ERROR, f"interrupted: {why} before the trial ended")
+            self._client.set_tag(run_id, TAG_INTERRUPTED, why)
+            self._client.set_terminated(run_id, "KILLED")

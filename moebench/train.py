@@ -9,8 +9,10 @@ example-level report predictions, so statistics can later resample them without 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,20 +23,37 @@ import torch
 from tqdm.auto import tqdm
 
 from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX, TrialConfig
+from moebench.features import FeatureTable, feature_table
 from moebench.method import Method
 from moebench.moe.diagnostics import ProbeDiagnostics
 from moebench.moe.importance import neuron_importance
 from moebench.moe.upcycle import MoEModel, encoder_layers, load_pretrained, load_tokenizer
 from moebench.registry import METHODS, TASKS
 from moebench.splits import Split
-from moebench.task import family_score, report_splits
+from moebench.task import family_score, load_examples, report_splits
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFinite(RuntimeError):
+    """A trial whose loss, weights or score stopped being finite: it must end FAILED, never
+    FINISHED with the score of a broken model."""
+
+
+class NonFiniteLoss(NonFinite):
     pass
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """One reduction over every weight (~6 ms for MiniLM with 4 experts on one core, under 1% of a
+    step): NaN and Inf survive a sum, so a single scalar answers for the whole model."""
+    return bool(torch.stack([p.detach().sum(dtype=torch.float32) for p in model.parameters()]).sum().isfinite())
+
+
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """The parameters holding a NaN or Inf (slow: for the error message only)."""
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
 
 
 def seed_everything(seed: int) -> None:
@@ -79,12 +98,16 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(features: list[dict], batch_size: int, tokenizer, order: list[int] | None = None):
-    """Collated model inputs, `batch_size` features at a time, in `order` (default: as given)."""
+def batches(features: list[dict] | FeatureTable, batch_size: int, tokenizer, order: list[int] | None = None):
+    """Collated model inputs, `batch_size` features at a time, in `order` (default: as given).
+    A FeatureTable pads its arrays directly, into the same tensors collate makes of the dicts."""
     order = list(range(len(features))) if order is None else order
     for start in range(0, len(order), batch_size):
-        chunk = [features[i] for i in order[start : start + batch_size]]
-        yield collate(chunk, tokenizer)
+        chunk = order[start : start + batch_size]
+        if isinstance(features, FeatureTable):
+            yield features.collate(chunk, MODEL_INPUTS, lambda key: pad_value(key, tokenizer))
+        else:
+            yield collate([features[i] for i in chunk], tokenizer)
 
 
 def feature_length(feature: dict) -> int:
@@ -93,10 +116,18 @@ def feature_length(feature: dict) -> int:
     return max(len(choice) for choice in ids) if ids and isinstance(ids[0], (list, tuple)) else len(ids)
 
 
-def longest_first(features: list[dict]) -> list[int]:
+def feature_lengths(features: list[dict] | FeatureTable) -> list[int]:
+    """feature_length of every feature; a FeatureTable has them stored."""
+    if isinstance(features, FeatureTable):
+        return features.lengths.tolist()
+    return [feature_length(f) for f in features]
+
+
+def longest_first(features: list[dict] | FeatureTable) -> list[int]:
     """Evaluation order: by length, longest first (peak memory shows at once), ties in file order.
     A batch of similar lengths pads little; predictions are put back in file order."""
-    return sorted(range(len(features)), key=lambda i: -feature_length(features[i]))
+    lengths = feature_lengths(features)
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 MEGA_BATCH = 50  # batches per length-sorted group: large enough to pad little, small enough to stay random
@@ -107,10 +138,11 @@ def length_grouped_order(features: list[dict], batch_size: int, generator: torch
     MEGA_BATCH batches, sort each group by length, cut into batches, shuffle the batches.
     The same for every method (it depends on the data and the seed only)."""
     order = torch.randperm(len(features), generator=generator).tolist()
+    lengths = feature_lengths(features)
     group = MEGA_BATCH * batch_size
     chunks = []
     for start in range(0, len(order), group):
-        ranked = sorted(order[start:start + group], key=lambda i: -feature_length(features[i]))
+        ranked = sorted(order[start:start + group], key=lambda i: -lengths[i])
         chunks += [ranked[i:i + batch_size] for i in range(0, len(ranked), batch_size)]
     return [i for b in torch.randperm(len(chunks), generator=generator).tolist() for i in chunks[b]]
 
@@ -142,20 +174,54 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def train_step(model: MoEModel, method: Method, optimizer: torch.optim.Optimizer, batch: dict, max_grad_norm: float = 1.0) -> dict[str, float]:
-    """Forward, task loss + the method's auxiliary losses, backward, the method's hooks, step."""
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The context of every forward: autocast for bf16/fp16; none at all for fp32, which
+    computes exactly as before the option existed."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Per trial, both ways: a worker process that ran a deterministic trial may run another."""
+    if deterministic:
+        # cuBLAS reads it when it makes its first handle, so before any CUDA work of the process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def train_step(model: MoEModel, method: Method, optimizer: torch.optim.Optimizer, batch: dict, max_grad_norm: float = 1.0,
+               ctx=contextlib.nullcontext(), scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """Forward, task loss + the method's auxiliary losses, backward, the method's hooks, step.
+    `ctx`: the forward's autocast; `scaler`: fp16's loss scaling (None: no scaling)."""
     model.train()  # from_pretrained returns a model in eval mode (no dropout)
-    output, routing = model(**batch)
-    aux = method.loss(routing)
-    loss = output.loss + sum(aux.values()) if aux else output.loss
+    with ctx:
+        output, routing = model(**batch)
+        aux = method.loss(routing)
+        loss = output.loss + sum(aux.values()) if aux else output.loss
     losses = {"loss": output.loss.item(), **{name: value.item() for name, value in aux.items()}}
     if not math.isfinite(loss.item()):
         optimizer.zero_grad(set_to_none=True)
         return losses  # the caller decides; nothing is applied to the weights
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clipping and the method's gradient surgery need the true gradients
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     method.before_step(optimizer)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        # Skips the step if a gradient overflowed (and lowers the scale): the loss was finite, so
+        # this is loss scaling at work, not a failed trial.
+        scaler.step(optimizer)
+        scaler.update()
     method.after_step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return losses
@@ -171,7 +237,7 @@ class Outcomes:
 
 @torch.no_grad()
 def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], batch_size: int, tokenizer,
-             device) -> tuple[dict[str, float], Outcomes | None]:
+             device, ctx=contextlib.nullcontext()) -> tuple[dict[str, float], Outcomes | None]:
     """The task's official metrics: it turns each batch's output into per-feature predictions,
     then into one prediction per example (QA maps windows back to answers, NER tokens to words)
     and scores those against the gold answers."""
@@ -181,7 +247,8 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
     position = 0
     for batch in batches(features, batch_size, tokenizer, order):
         batch = {k: v.to(device) for k, v in batch.items()}
-        output, _ = model(**batch)
+        with ctx:
+            output, _ = model(**batch)
         for prediction in task.predict(output, batch):
             predictions[order[position]] = prediction
             position += 1
@@ -194,7 +261,7 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
 
 def load_split(task, expression: str, data_dir: str | None, limit: int | None) -> list[dict]:
     split = Split.parse(expression)
-    return subset(split.select(task.load(split.name, data_dir)), limit)
+    return subset(split.select(load_examples(task, split.name, data_dir)), limit)
 
 
 def hold_out(examples: list, fraction: float = HELD_OUT_FRACTION, cap: int = HELD_OUT_MAX) -> tuple[list, list]:
@@ -211,7 +278,7 @@ def load_roles(task, cfg, data_dir: str | None) -> tuple[list[dict], list[dict],
     """(train, select, {suffix: report}) examples. The training subset is drawn from what the
     selection slice leaves, so the two never share an example."""
     train = Split.parse(cfg.train_split)
-    rows = train.select(task.load(train.name, data_dir))
+    rows = train.select(load_examples(task, train.name, data_dir))
     if cfg.select_split is None:
         rows, select = hold_out(rows)
         select = subset(select, cfg.max_eval_samples)
@@ -255,12 +322,20 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     task = TASKS.get(trial.task)
     method_cls = METHODS.get(trial.method)
     cfg = trial.train
+    set_determinism(trial.deterministic)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ctx = autocast(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     seed_everything(trial.seed)
 
     tokenizer = load_tokenizer(trial.model)
     train_examples, select_examples, report_examples = load_roles(task, cfg, trial.data_dir)
-    encode = lambda examples: task.encode(examples, tokenizer, cfg.max_seq_length)
+    # Tokenized once per split for the whole sweep (moebench.features): read from the cache the
+    # driver filled, else built here (and cached); with no cache (tests, notebooks), in memory.
+    encode = lambda examples: feature_table(task, examples, tokenizer, cfg.max_seq_length, trial.feature_cache)
     train_features = encode(train_examples)
     eval_sets = {"select": {"": (encode(select_examples), select_examples)},
                  "report": {suffix: (encode(examples), examples) for suffix, examples in report_examples.items()}}
@@ -286,10 +361,15 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
         for batch in batches(train_features, cfg.batch_size, tokenizer, training_order(train_features, cfg.batch_size, order, cfg.group_by_length)):
-            losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm)
+            losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm,
+                                ctx, scaler)
             scheduler.step()
             if not all(math.isfinite(v) for v in losses.values()):
                 raise NonFiniteLoss(f"loss became non-finite at epoch {epoch}, step {bar.n + 1}: {losses}")
+            if not weights_are_finite(model):  # e.g. an infinite learning rate: the loss was fine, the step was not
+                broken = non_finite_weights(model)
+                raise NonFinite(f"weights became non-finite at epoch {epoch}, step {bar.n + 1} (loss {losses['loss']:.4g}): "
+                                f"{len(broken)} tensors, e.g. {', '.join(broken[:3])}")
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.update(1)
@@ -299,14 +379,16 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         for role, splits in eval_sets.items():
             scores = {}
             for suffix, (features, examples) in splits.items():
-                split_scores, outcomes = evaluate(model, task, features, examples, cfg.eval_batch_size, tokenizer, device)
+                split_scores, outcomes = evaluate(model, task, features, examples, cfg.eval_batch_size, tokenizer, device, ctx)
                 scores.update({f"{k}{suffix}": v for k, v in split_scores.items()})
                 if role == "report" and outcomes is not None:
                     outcomes_by_epoch[-1][suffix] = outcomes
             metrics.update({f"{role}/{k}": v for k, v in scores.items()})
             metrics[f"{role}/main_score"] = scores[task.main_metric if role == "report" else select_metric]
+            if not math.isfinite(metrics[f"{role}/main_score"]):  # e.g. NaN gold labels: no score to publish
+                raise NonFinite(f"the {role} split's main score is {metrics[f'{role}/main_score']} at epoch {epoch}")
         metrics["report/family_score"] = family_score(task, {k.removeprefix("report/"): v for k, v in metrics.items()})
-        metrics.update({f"diagnostics/{k}": v for k, v in probe(model).items()})
+        metrics.update({f"diagnostics/{k}": v for k, v in probe(model, ctx).items()})
         metrics.update({f"diagnostics/{k}": v for k, v in method.diagnostics().items()})
         metrics["epoch"] = epoch
         history.append(metrics)

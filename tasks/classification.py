@@ -1,11 +1,13 @@
 """What one-label-per-example tasks share (GLUE and most of SuperGLUE): encoding a text or a
-text pair with its label, argmax (or the regression value) as the prediction, and scoring by a
-metric function of (predictions, gold labels), one of each per example."""
+text pair with its label, argmax (or the regression value) as the prediction, and scoring by an
+`evaluate` module of (predictions, gold labels), one of each per example."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+from moebench.metric import compute, compute_direct
 
 
 def encode_texts(examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
@@ -19,7 +21,8 @@ def encode_texts(examples: list[dict[str, Any]], tokenizer, max_length: int) -> 
 
 
 class SequenceClassification:
-    """predict/score for a task with a `metric_fn(predictions, labels)` and `is_regression`."""
+    """predict/score for a task with an evaluate module (`metric`, `metric_config`) of
+    (predictions, labels) and `is_regression`."""
 
     is_regression = False
 
@@ -28,7 +31,7 @@ class SequenceClassification:
         return (logits.squeeze(-1) if self.is_regression else logits.argmax(-1)).tolist()
 
     def score(self, predictions: list, features: list[dict], examples) -> dict[str, float]:
-        return self.metrics_of(*self.outcomes(predictions, features, examples))
+        return compute(self, *self.outcomes(predictions, features, examples))
 
     def outcomes(self, predictions: list, features: list[dict], examples) -> tuple[list, list]:
         """One feature per example: its predicted label id (or value) and its gold label, as
@@ -36,7 +39,7 @@ class SequenceClassification:
         return to_plain(predictions), to_plain([f["labels"] for f in features])
 
     def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
-        return self.metric_fn(np.asarray(predictions), np.asarray(golds))
+        return compute_direct(self, predictions, golds)
 
     def majority_predictions(self, golds: list) -> list | None:
         """The mean gold value (regression), else the most frequent gold label (ties: the smallest)."""

@@ -3,40 +3,26 @@
 Local files use the classic `glue_data/<TASK>/{train,dev}.tsv` layout written by
 download_glue_data.py, under `<data_dir>/glue/`. The hub path loads `nyu-mll/glue`.
 Main scores follow the BERT paper's table: F1 for MRPC and QQP, Spearman for STS-B,
-Matthews correlation for CoLA, matched accuracy for MNLI, accuracy elsewhere.
+Matthews correlation for CoLA, matched accuracy for MNLI, accuracy elsewhere; every score comes
+from the `evaluate` module moebench_glue (tasks/metric_modules), configured by task.
 """
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-import numpy as np
-
-from moebench.errors import UsageError
-from moebench.task import check_splits
-from moebench.tasks import metrics
+from moebench.errors import DataError, UsageError
+from moebench.metric import shipped
+from moebench.task import check_splits, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts
 
 HUB_DATASET = "nyu-mll/glue"
-
-
-def classification_metrics(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"accuracy": metrics.accuracy(pred, gold)}
-
-
-def f1_and_accuracy(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"f1": metrics.binary_f1(pred, gold), "accuracy": metrics.accuracy(pred, gold)}
-
-
-def matthews(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"matthews_correlation": metrics.matthews_corrcoef(pred, gold)}
-
-
-def correlations(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"pearson": metrics.pearson(pred, gold), "spearman": metrics.spearman(pred, gold)}
+METRIC = shipped("moebench_glue")
 
 
 @dataclass(frozen=True)
@@ -51,13 +37,14 @@ class GlueTask(SequenceClassification):
     local_label_column: str | int
     hub_text_fields: tuple[str, ...]
     label_names: tuple[str, ...]  # index = label id, as on the hub; empty for regression
-    metric_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    metric_config: str | None  # the configuration of `metric` that scores this task
     main_metric: str
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     # The GLUE benchmark score averages a task's two metrics where it reports two.
     family_metrics: tuple[str, ...] = ()
     group: str = "glue"
     auto_class: str = "AutoModelForSequenceClassification"
+    metric: str = METRIC  # an evaluate module: a local path or a Hub id
     higher_is_better: ClassVar[bool] = True
 
     @property
@@ -86,32 +73,42 @@ class GlueTask(SequenceClassification):
     def _load_local(self, path: str) -> list[dict[str, Any]]:
         has_header = not isinstance(self.local_label_column, int)
         examples, skipped = [], 0
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
-            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(rows) if has_header else None
-            for line_number, row in enumerate(rows, start=2 if has_header else 1):
-                if header is not None:
-                    if len(row) != len(header):
-                        skipped += 1
-                        continue
-                    row = dict(zip(header, row))
-                try:
-                    texts = [row[c] for c in self.local_text_columns]
-                    label = self._parse_label(row[self.local_label_column])
-                except (KeyError, IndexError, ValueError) as error:
-                    raise UsageError(f"{path}, line {line_number}: cannot read {self.name} example ({error})") from None
-                examples.append({"texts": texts, "label": label})
+        # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
+        rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(rows, None) if has_header else None
+        if has_header and not header:
+            raise DataError(f"{path}, line 1: " + ("empty file" if header is None else "blank line")
+                            + f"; expected a header line, then one {self.name} example per line")
+        for line_number, row in enumerate(rows, start=2 if has_header else 1):
+            if header is not None:
+                if len(row) != len(header):
+                    skipped += 1
+                    continue
+                row = dict(zip(header, row))
+            try:
+                texts = [row[c] for c in self.local_text_columns]
+                label = self._parse_label(row[self.local_label_column])
+            except (KeyError, IndexError, ValueError) as error:
+                raise DataError(f"{path}, line {line_number}: cannot read {self.name} example ({error})") from None
+            examples.append({"texts": texts, "label": label})
+        if not examples:
+            raise DataError(f"{path}: no {self.name} examples" + (f" ({skipped} rows with the wrong column count)" if skipped else ""))
         if skipped:
             print(f"moebench: {path}: skipped {skipped} malformed rows (wrong column count)", file=sys.stderr)
         return examples
 
     def _parse_label(self, raw: str) -> int | float:
         if self.is_regression:
-            return float(raw)
+            score = float(raw)
+            if not math.isfinite(score):
+                raise ValueError(f"score {raw!r} is not a finite number")
+            return score
         if raw in self.label_names:
             return self.label_names.index(raw)
-        label = int(raw)
+        try:
+            label = int(raw)
+        except ValueError:
+            label = -1
         if not 0 <= label < len(self.label_names):
             raise ValueError(f"label {raw!r} not in {self.label_names}")
         return label
@@ -147,47 +144,47 @@ _NLI2 = ("entailment", "not_entailment")
 COLA = GlueTask(
     "cola", "CoLA: grammatical acceptability (Matthews corr.)", "cola", "CoLA",
     {"train": "train.tsv", "validation": "dev.tsv"}, (3,), 1, ("sentence",),
-    ("unacceptable", "acceptable"), matthews, "matthews_correlation",
+    ("unacceptable", "acceptable"), "cola", "matthews_correlation",
 )
 SST2 = GlueTask(
     "sst2", "SST-2: sentiment of movie-review sentences (acc)", "sst2", "SST-2",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("sentence",), "label", ("sentence",),
-    ("negative", "positive"), classification_metrics, "accuracy",
+    ("negative", "positive"), "sst2", "accuracy",
 )
 MRPC = GlueTask(
     "mrpc", "MRPC: paraphrase detection (F1/acc)", "mrpc", "MRPC",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("#1 String", "#2 String"), "Quality", _PAIR,
-    ("not_equivalent", "equivalent"), f1_and_accuracy, "f1", family_metrics=("f1", "accuracy"),
+    ("not_equivalent", "equivalent"), "mrpc", "f1", family_metrics=("f1", "accuracy"),
 )
 STSB = GlueTask(
     "stsb", "STS-B: semantic similarity regression (Pearson/Spearman)", "stsb", "STS-B",
     {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "score", _PAIR,
-    (), correlations, "spearman", family_metrics=("pearson", "spearman"),
+    (), "stsb", "spearman", family_metrics=("pearson", "spearman"),
 )
 QQP = GlueTask(
     "qqp", "QQP: duplicate Quora questions (F1/acc)", "qqp", "QQP",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("question1", "question2"), "is_duplicate",
-    ("question1", "question2"), ("not_duplicate", "duplicate"), f1_and_accuracy, "f1", family_metrics=("f1", "accuracy"),
+    ("question1", "question2"), ("not_duplicate", "duplicate"), "qqp", "f1", family_metrics=("f1", "accuracy"),
 )
 MNLI = GlueTask(
     "mnli", "MNLI: 3-way entailment (matched/mismatched acc)", "mnli", "MNLI",
     {"train": "train.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
     _PAIR, "gold_label", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
-    classification_metrics, "accuracy_m",
+    "mnli", "accuracy_m",
     eval_splits={"_m": "validation_matched", "_mm": "validation_mismatched"}, family_metrics=("accuracy_m", "accuracy_mm"),
 )
 QNLI = GlueTask(
     "qnli", "QNLI: does the sentence answer the question (acc)", "qnli", "QNLI",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("question", "sentence"), "label",
-    ("question", "sentence"), _NLI2, classification_metrics, "accuracy",
+    ("question", "sentence"), _NLI2, "qnli", "accuracy",
 )
 RTE = GlueTask(
     "rte", "RTE: textual entailment (acc)", "rte", "RTE",
     {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "label", _PAIR,
-    _NLI2, classification_metrics, "accuracy",
+    _NLI2, "rte", "accuracy",
 )
 WNLI = GlueTask(
     "wnli", "WNLI: Winograd pronoun entailment (acc)", "wnli", "WNLI",
     {"train": "train.tsv", "validation": "dev.tsv"}, _PAIR, "label", _PAIR,
-    ("not_entailment", "entailment"), classification_metrics, "accuracy",
+    ("not_entailment", "entailment"), "wnli", "accuracy",
 )

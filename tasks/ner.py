@@ -7,17 +7,20 @@ redistributed copies (and the hub's `eriktks/conll2003`) in IOB2; both are read,
 sentence is converted to IOB2, the scheme the labels below describe.
 
 The model labels the first sub-word of each word; the score is entity-level micro F1 as
-conlleval computes it (via seqeval), over every gold word: words that truncation cut off are
+conlleval computes it (seqeval, through the `evaluate` module moebench_seqeval in
+tasks/metric_modules), over every gold word: words that truncation cut off are
 predicted "O" and counted in `truncated_words`, so a short --max-seq-length shows in the
 numbers instead of silently scoring only what fit.
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, ClassVar
 
-from moebench.errors import UsageError
-from moebench.task import check_splits
+from moebench.errors import DataError, UsageError
+from moebench.metric import compute, compute_direct, shipped
+from moebench.task import check_splits, read_text
 from moebench.tasks.glue import load_hub_split
 
 HUB_DATASET = "eriktks/conll2003"
@@ -56,25 +59,26 @@ def read_conll(path: str) -> list[dict[str, Any]]:
         tokens.clear()
         tags.clear()
 
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            columns = line.split()
-            if not columns:
-                end_sentence()
-                continue
-            if columns[0] == "-DOCSTART-":
-                end_sentence()
-                continue
-            if len(columns) != COLUMNS:
-                raise UsageError(
-                    f"{path}, line {line_number}: expected {COLUMNS} space-separated columns "
-                    f"(token POS chunk NER), found {len(columns)}: {line.rstrip()!r}"
-                )
-            if columns[-1] not in LABEL_IDS:
-                raise UsageError(f"{path}, line {line_number}: unknown NER tag {columns[-1]!r}; expected one of {', '.join(LABELS)}")
-            tokens.append(columns[0])
-            tags.append(columns[-1])
+    for line_number, line in enumerate(io.StringIO(read_text(path)), start=1):
+        columns = line.split()
+        if not columns:
+            end_sentence()
+            continue
+        if columns[0] == "-DOCSTART-":
+            end_sentence()
+            continue
+        if len(columns) != COLUMNS:
+            raise DataError(
+                f"{path}, line {line_number}: expected {COLUMNS} space-separated columns "
+                f"(token POS chunk NER), found {len(columns)}: {line.rstrip()!r}"
+            )
+        if columns[-1] not in LABEL_IDS:
+            raise DataError(f"{path}, line {line_number}: unknown NER tag {columns[-1]!r}; expected one of {', '.join(LABELS)}")
+        tokens.append(columns[0])
+        tags.append(columns[-1])
     end_sentence()  # the last sentence when the file has no final blank line
+    if not examples:
+        raise DataError(f"{path}: no sentences (an empty file?); expected `token POS chunk NER` lines")
     return examples
 
 
@@ -87,6 +91,8 @@ class CoNLL2003:
     higher_is_better: ClassVar[bool] = True
     eval_splits = {"": "validation"}
     family_metrics = ("f1",)
+    metric = shipped("moebench_seqeval")  # an evaluate module: a local path or a Hub id
+    metric_config = None
     local_files = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 
     def head_kwargs(self) -> dict[str, Any]:
@@ -148,7 +154,7 @@ class CoNLL2003:
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
         predicted, gold = self.outcomes(predictions, features, examples)
-        metrics = self.metrics_of(predicted, gold)
+        metrics = compute(self, predicted, gold)
         metrics["truncated_words"] = sum(len(g) for g in gold) - sum(len(f["word_ids"]) for f in features)
         return metrics
 
@@ -159,7 +165,7 @@ class CoNLL2003:
         return predicted, gold
 
     def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
-        return entity_metrics(golds, predictions)
+        return compute_direct(self, predictions, golds)
 
     def majority_predictions(self, golds: list) -> list | None:
         """ "O" for every word: no entity at all."""
@@ -176,23 +182,6 @@ def sentence_tags(predictions: list, features: list[dict[str, Any]], examples: l
             tags[word] = LABELS[int(label)]
     gold = [[LABELS[t] for t in example["tags"]] for example in examples]
     return gold, predicted
-
-
-def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """Entity-level micro precision/recall/F1 (an entity counts only with exact span and type)
-    as conlleval computes them, and token accuracy; all in [0, 1]. One seqeval call gives all
-    three (precision_score, recall_score and f1_score each make this same call)."""
-    from seqeval.metrics import accuracy_score
-    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
-
-    precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, average="micro", beta=1,
-                                                               zero_division=0)
-    return {
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "accuracy": float(accuracy_score(gold, predicted)),
-    }
 
 
 CONLL2003 = CoNLL2003()

@@ -12,7 +12,7 @@ wrong span. A v1.1 question without any answer is skipped the same way (v1.1 alw
 
 Long contexts are cut into overlapping windows (HF run_qa.py); scoring gathers each example's
 windows back and reports the official evaluate-v1.1.py / evaluate-v2.0.py numbers, as
-fractions in [0, 1].
+fractions in [0, 1], from the `evaluate` module moebench_squad (tasks/metric_modules).
 """
 from __future__ import annotations
 
@@ -24,49 +24,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from moebench.errors import UsageError
-from moebench.task import check_splits
+from moebench.metric import compute, compute_direct, shipped
+from moebench.errors import DataError, UsageError
+from moebench.task import check_splits, read_text
 from moebench.tasks.glue import load_hub_split
-# The answer-string metric is shared with SuperGLUE's ReCoRD.
-from moebench.tasks.squad_metrics import exact_match, normalize_answer, token_f1
 
 N_BEST = 20  # best start and end logits combined per window, as in BERT's run_squad.py
 MAX_ANSWER_TOKENS = 30
 
 
-# ---- the official metric (evaluate-v1.1.py / evaluate-v2.0.py) ----------------------------
-
-def v1_token_f1(prediction: str, gold: str) -> float:
-    """evaluate-v1.1.py's F1: with no tokens in common it is 0, even when both sides normalise
-    to nothing (the 2.0 rule, in token_f1, gives 1 there)."""
-    if not normalize_answer(prediction) or not normalize_answer(gold):
-        return 0.0
-    return token_f1(prediction, gold)
-
-
-def squad_v1_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
-    """Each prediction against its best gold answer, averaged over questions."""
-    em = [max(exact_match(p, g) for g in gold) for p, gold in zip(predictions, golds)]
-    f1 = [max(v1_token_f1(p, g) for g in gold) for p, gold in zip(predictions, golds)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
-
-
-def squad_v2_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
-    """evaluate-v2.0.py: an unanswerable question's gold is [""], so only "" scores on it; plus
-    F1 on the answerable and on the unanswerable questions apart."""
-    em, f1, has_answer = [], [], []
-    for prediction, gold in zip(predictions, golds):
-        has_answer.append(bool(gold))
-        gold = [g for g in gold if normalize_answer(g)] or [""]  # as evaluate-v2.0.py filters them
-        em.append(max(exact_match(prediction, g) for g in gold))
-        f1.append(max(token_f1(prediction, g) for g in gold))
-    em, f1, has_answer = np.array(em), np.array(f1), np.array(has_answer, dtype=bool)
-    metrics = {"exact_match": float(em.mean()), "f1": float(f1.mean())}
-    if has_answer.any():
-        metrics["has_answer_f1"] = float(f1[has_answer].mean())
-    if (~has_answer).any():
-        metrics["no_answer_f1"] = float(f1[~has_answer].mean())
-    return metrics
+# The official metric (evaluate-v1.1.py / evaluate-v2.0.py), configuration "v1.1" or "v2.0".
+METRIC = shipped("moebench_squad")
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -74,12 +42,11 @@ def squad_v2_metrics(predictions: list[str], golds: list[list[str]]) -> dict[str
 def read_squad_json(path: str, allows_no_answer: bool) -> list[dict[str, Any]]:
     """Every question of an official SQuAD JSON file, in file order, in the hub schema."""
     try:
-        with open(path, encoding="utf-8") as f:
-            articles = json.load(f)["data"]
+        articles = json.loads(read_text(path))["data"]
     except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not valid JSON ({error})") from None
+        raise DataError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})") from None
     except (KeyError, TypeError):
-        raise UsageError(f"{path}: no top-level 'data' list; expected the official SQuAD JSON format") from None
+        raise DataError(f"{path}: no top-level 'data' list; expected the official SQuAD JSON format") from None
     examples, misplaced, unanswered = [], [], []
     try:
         for article in articles:
@@ -96,9 +63,11 @@ def read_squad_json(path: str, allows_no_answer: bool) -> list[dict[str, Any]]:
                     else:
                         examples.append({"id": qa["id"], "question": qa["question"], "context": context,
                                          "answers": {"text": texts, "answer_start": starts}})
-    except (KeyError, TypeError) as error:
-        raise UsageError(f"{path}: cannot read a SQuAD question ({type(error).__name__}: {error}); "
-                         "expected data -> paragraphs -> qas -> answers") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise DataError(f"{path}: cannot read a SQuAD question ({type(error).__name__}: {error}); "
+                        "expected data -> paragraphs -> qas -> answers") from None
+    if not (examples or misplaced or unanswered):
+        raise DataError(f"{path}: no questions; expected data -> paragraphs -> qas")
     for ids, why in ((misplaced, "answer_start does not point at the answer text"), (unanswered, "no answer")):
         if ids:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
@@ -160,9 +129,14 @@ class SquadTask:
     main_metric: str = "f1"
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     family_metrics: tuple[str, ...] = ("exact_match", "f1")  # the SQuAD leaderboard reports both
+    metric: str = METRIC  # an evaluate module: a local path or a Hub id
     higher_is_better: ClassVar[bool] = True
     # v2.0 answers "" when the null score (CLS start + CLS end) beats the best span by more than this.
     no_answer_threshold: ClassVar[float] = 0.0
+
+    @property
+    def metric_config(self) -> str:
+        return self.version
 
     @property
     def local_files(self) -> dict[str, str]:
@@ -238,7 +212,7 @@ class SquadTask:
         return text
 
     def score(self, predictions: list, features: list[dict[str, Any]], examples: list[dict[str, Any]]) -> dict[str, float]:
-        return self.metrics_of(*self.outcomes(predictions, features, examples))
+        return compute(self, *self.outcomes(predictions, features, examples))
 
     def outcomes(self, predictions: list, features: list[dict[str, Any]],
                  examples: list[dict[str, Any]]) -> tuple[list, list]:
@@ -251,7 +225,7 @@ class SquadTask:
         return answers, [[str(t) for t in e["answers"]["text"]] for e in examples]
 
     def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
-        return squad_v2_metrics(predictions, golds) if self.allows_no_answer else squad_v1_metrics(predictions, golds)
+        return compute_direct(self, predictions, golds)
 
     def majority_predictions(self, golds: list) -> list | None:
         """The constant "no answer": "" for every question."""

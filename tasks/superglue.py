@@ -5,7 +5,8 @@ path loads `aps/super_glue`. Each task turns a jsonl line or a hub row into one 
 examples of the same form, so both sources train and score alike. Scoring follows the
 SuperGLUE paper: CB reports accuracy and macro-F1, MultiRC F1 over all answers (F1a) and
 exact match per question, ReCoRD token F1 and exact match of the best-scored entity; a task
-with two metrics counts their mean in the SuperGLUE average.
+with two metrics counts their mean in the SuperGLUE average. Every score comes from the
+`evaluate` module moebench_superglue (tasks/metric_modules), configured by task.
 
 How each input is presented to an encoder (the paper's BERT baselines did the same in spirit):
 WiC and WSC mark their spans in the text (WiC: the word in both sentences between `*`; WSC:
@@ -16,6 +17,7 @@ of @placeholder) and predicts the highest-scored entity of each query.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import string
@@ -24,14 +26,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-import numpy as np
-
-from moebench.errors import UsageError
-from moebench.task import check_splits
-from moebench.tasks import metrics
+from moebench.errors import DataError
+from moebench.metric import shipped
+from moebench.task import check_splits, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts, majority_value, to_plain
 from moebench.tasks.glue import load_hub_split
-from moebench.tasks.squad_metrics import best_over_golds, exact_match, token_f1
 
 HUB_DATASET = "aps/super_glue"
 LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}  # test labels are hidden
@@ -145,32 +144,12 @@ def record_hub(row: dict) -> list[dict]:
 
 
 # ---- metrics ---------------------------------------------------------------------------------
-def accuracy(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"accuracy": metrics.accuracy(pred, gold)}
-
-
-def accuracy_and_macro_f1(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    return {"accuracy": metrics.accuracy(pred, gold), "f1": metrics.macro_f1(pred, gold, num_labels=3)}
-
-
-def multirc_metrics(pred: np.ndarray, gold: np.ndarray, question_ids: list) -> dict[str, float]:
-    """F1a: binary F1 over every answer option; EM: share of questions with all options right."""
-    correct_by_question: dict[Any, bool] = defaultdict(lambda: True)
-    for p, g, q in zip(pred, gold, question_ids):
-        correct_by_question[q] &= bool(p == g)
-    return {"f1a": metrics.binary_f1(pred, gold), "exact_match": float(np.mean(list(correct_by_question.values())))}
+METRIC = shipped("moebench_superglue")
 
 
 def question_key(question_id: Any) -> Any:
     """A MultiRC question id as a dict key (a list, as JSON gives it back, becomes a tuple)."""
     return tuple(question_id) if isinstance(question_id, list) else question_id
-
-
-def record_metrics(predicted: list[str], answers: list[list[str]]) -> dict[str, float]:
-    """Max over gold answers of SQuAD-normalised exact match and token F1, averaged over queries."""
-    em = [best_over_golds(exact_match, p, golds) for p, golds in zip(predicted, answers)]
-    f1 = [best_over_golds(token_f1, p, golds) for p, golds in zip(predicted, answers)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
 
 
 # ---- tasks -----------------------------------------------------------------------------------
@@ -183,12 +162,13 @@ class SuperGlueTask(SequenceClassification):
     from_local: Callable[..., list[dict]]  # one jsonl record -> examples
     from_hub: Callable[..., list[dict]]  # one hub row -> examples
     num_labels: int
-    metric_fn: Callable[..., dict[str, float]]
+    metric_config: str | None  # the configuration of `metric` that scores this task
     main_metric: str
     family_metrics: tuple[str, ...] = ()
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     group: str = "superglue"
     auto_class: str = "AutoModelForSequenceClassification"
+    metric: str = METRIC  # an evaluate module: a local path or a Hub id
     higher_is_better: ClassVar[bool] = True
 
     def head_kwargs(self) -> dict[str, Any]:
@@ -224,18 +204,24 @@ class SuperGlueTask(SequenceClassification):
 
 def read_jsonl(path: str, convert: Callable[[dict], list[dict]]) -> list[dict]:
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                examples.extend(convert(json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}, line {line_number}: not a JSON record ({error.msg})") from None
-            except KeyError as error:
-                raise UsageError(f"{path}, line {line_number}: record has no field {error}") from None
-            except Malformed as error:
-                raise UsageError(f"{path}, line {line_number}: {error}") from None
+    for line_number, line in enumerate(io.StringIO(read_text(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise Malformed(f"expected a JSON object, got {type(record).__name__}")
+            examples.extend(convert(record))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_number}: not a JSON record ({error.msg})") from None
+        except KeyError as error:
+            raise DataError(f"{path}, line {line_number}: record has no field {error}") from None
+        except Malformed as error:
+            raise DataError(f"{path}, line {line_number}: {error}") from None
+        except (TypeError, AttributeError, IndexError, ValueError) as error:  # a field of the wrong type
+            raise DataError(f"{path}, line {line_number}: unexpected record ({type(error).__name__}: {error})") from None
+    if not examples:
+        raise DataError(f"{path}: no examples (an empty file?)")
     return examples
 
 
@@ -275,9 +261,6 @@ class MultiRCTask(SuperGlueTask):
             feature["question_id"] = option["question_id"]
         return features
 
-    def score(self, predictions: list, features: list[dict], examples) -> dict[str, float]:
-        return self.metrics_of(*self.outcomes(predictions, features, examples))
-
     def outcomes(self, predictions: list, features: list[dict], examples) -> tuple[list, list]:
         """Per question (example): the list of predicted option labels and the list of gold
         ones. Features (options) are gathered by their `question_id`; in the order of
@@ -290,13 +273,6 @@ class MultiRCTask(SuperGlueTask):
             gold.setdefault(key, []).append(feature["labels"])
         keys = list(predicted) if examples is None else [question_key(e["question_id"]) for e in examples]
         return [predicted.get(k, []) for k in keys], [to_plain(gold.get(k, [])) for k in keys]
-
-    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
-        """F1a over every option of every question; EM: share of questions with all options right."""
-        pred = np.asarray([p for options in predictions for p in options])
-        gold = np.asarray([g for options in golds for g in options])
-        question_of_option = [i for i, options in enumerate(golds) for _ in options]
-        return multirc_metrics(pred, gold, question_of_option)
 
     def majority_predictions(self, golds: list) -> list | None:
         """The most frequent option label over all options (ties: the smallest), for each option."""
@@ -326,9 +302,6 @@ class ReCoRDTask(SuperGlueTask):
         logits = output.logits.float()
         return (logits[:, 1] - logits[:, 0]).tolist()  # how strongly each candidate is the answer
 
-    def score(self, predictions: list, features: list[dict], examples: list[dict]) -> dict[str, float]:
-        return self.metrics_of(*self.outcomes(predictions, features, examples))
-
     def outcomes(self, predictions: list, features: list[dict], examples: list[dict]) -> tuple[list, list]:
         """Per query: the highest-scored candidate entity ("" when it has none) and the gold answers."""
         best: dict[int, tuple[float, str]] = {}
@@ -340,9 +313,6 @@ class ReCoRDTask(SuperGlueTask):
         predicted = [str(best[i][1]) if i in best else "" for i in range(len(examples))]
         return predicted, [[str(a) for a in e["answers"]] for e in examples]
 
-    def metrics_of(self, predictions: list, golds: list) -> dict[str, float]:
-        return record_metrics(predictions, golds)
-
     def majority_predictions(self, golds: list) -> list | None:
         return None  # each query has its own entities: no constant answer exists
 
@@ -352,19 +322,19 @@ _NLI3 = ("entailment", "contradiction", "neutral")  # hub label order
 _NLI2 = ("entailment", "not_entailment")
 
 BOOLQ = SuperGlueTask("boolq", "BoolQ: yes/no questions about a passage (acc)", "BoolQ", "boolq",
-                      boolq, boolq, _BOOL, accuracy, "accuracy")
+                      boolq, boolq, _BOOL, "boolq", "accuracy")
 CB = SuperGlueTask("cb", "CommitmentBank: 3-way entailment (acc and macro-F1)", "CB", "cb",
-                   premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, accuracy_and_macro_f1, "f1",
+                   premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, "cb", "f1",
                    family_metrics=("accuracy", "f1"))
 COPA = MultipleChoiceTask("copa", "COPA: choice of plausible alternatives, cause or effect (acc)", "COPA", "copa",
-                          copa, copa, 2, accuracy, "accuracy")
+                          copa, copa, 2, "copa", "accuracy")
 MULTIRC = MultiRCTask("multirc", "MultiRC: multi-answer reading comprehension (F1a and EM)", "MultiRC", "multirc",
-                      multirc_local, multirc_hub, _BOOL, multirc_metrics, "f1a", family_metrics=("f1a", "exact_match"))
+                      multirc_local, multirc_hub, _BOOL, "multirc", "f1a", family_metrics=("f1a", "exact_match"))
 RECORD = ReCoRDTask("record", "ReCoRD: cloze-style entity prediction over news (F1 and EM)", "ReCoRD", "record",
-                    record_local, record_hub, _BOOL, record_metrics, "f1", family_metrics=("f1", "exact_match"))
+                    record_local, record_hub, _BOOL, "record", "f1", family_metrics=("f1", "exact_match"))
 RTE = SuperGlueTask("superglue_rte", "RTE (SuperGLUE copy): textual entailment (acc)", "RTE", "rte",
-                    premise_hypothesis(_NLI2), premise_hypothesis(_NLI2), 2, accuracy, "accuracy")
+                    premise_hypothesis(_NLI2), premise_hypothesis(_NLI2), 2, "rte", "accuracy")
 WIC = SuperGlueTask("wic", "WiC: same sense of a word in two sentences (acc)", "WiC", "wic",
-                    wic, wic, _BOOL, accuracy, "accuracy")
+                    wic, wic, _BOOL, "wic", "accuracy")
 WSC = SuperGlueTask("wsc", "WSC: does the pronoun refer to the noun phrase (acc)", "WSC", "wsc.fixed",
-                    wsc, wsc, _BOOL, accuracy, "accuracy")
+                    wsc, wsc, _BOOL, "wsc", "accuracy")

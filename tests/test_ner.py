@@ -6,7 +6,8 @@ import torch
 
 from moebench.errors import UsageError
 from moebench.registry import TASKS
-from moebench.tasks.ner import CONLL2003, LABEL_IDS, LABELS, entity_metrics, read_conll, to_iob2
+from moebench.metric import compute
+from moebench.tasks.ner import CONLL2003, LABEL_IDS, LABELS, read_conll, to_iob2
 from moebench.train import batches
 
 
@@ -47,7 +48,7 @@ def test_entity_metrics_by_hand():
     pred = [["B-PER", "I-PER", "O", "B-ORG", "O", "O"], ["B-MISC", "O"]]
     # Gold entities: PER, LOC, ORG, MISC (4). Predicted: PER (right), ORG in LOC's place (wrong
     # type), MISC cut short (wrong span): 3 predicted, 1 correct; ORG at the end is missed.
-    scores = entity_metrics(gold, pred)
+    scores = compute(CONLL2003, pred, gold)
     assert scores["precision"] == pytest.approx(1 / 3)
     assert scores["recall"] == pytest.approx(1 / 4)
     assert scores["f1"] == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))  # 2/7
@@ -139,7 +140,7 @@ def test_gold_predictions_score_perfectly_and_truncation_is_counted(data_dir, to
     # wrong), rather than dropped from the metric.
     kept = [[LABELS[t] for t in e["tags"][: len(p)]] + ["O"] * (len(e["tags"]) - len(p)) for e, p in zip(examples, predictions)]
     gold = [[LABELS[t] for t in e["tags"]] for e in examples]
-    assert {k: v for k, v in scores.items() if k != "truncated_words"} == entity_metrics(gold, kept)
+    assert {k: v for k, v in scores.items() if k != "truncated_words"} == CONLL2003.metrics_of(kept, gold)
     assert scores["recall"] < 1.0
 
 

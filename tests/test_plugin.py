@@ -1,6 +1,9 @@
-"""Methods from another package, installed with pip and found through their entry points:
-one runs through `moebench run`; one diverges, and the sweep must record it and go on."""
+"""Methods and tasks from another package, installed with pip and found through their entry
+points: a method runs through `moebench run`; one diverges, and the sweep must record it and go
+on; a task scored by its own local `evaluate` module runs, and one whose metric is a Hub id that
+cannot load offline stops the run before Ray starts."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +57,31 @@ def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(plugin_env, 
     assert runs.loc["vanilla", "status"] == "FINISHED"
     assert runs.loc["exploding", "status"] == "FAILED"
     assert "NonFiniteLoss" in runs.loc["exploding", "tags.moebench.error"]
+
+
+def test_a_plugin_task_scored_by_its_local_evaluate_module_runs_through_moebench_run(plugin_env, tmp_path, data_dir,
+                                                                                    tiny_model_dir):
+    out = tmp_path / "out"
+    run = moebench(plugin_env, "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "rte_balanced",
+                   *tiny_run_args(data_dir, tiny_model_dir, out, "plugin-task"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rte_balanced" in run.stdout  # on the board
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["plugin-task"])
+    assert list(runs["status"]) == ["FINISHED"]
+    assert 0 <= runs["metrics.balanced_accuracy"].iloc[0] <= 1
+    assert runs["tags.moebench.metric_module"].iloc[0] == "balanced_accuracy"
+    assert re.fullmatch(r"[0-9a-f]{12}", runs["tags.moebench.metric_version"].iloc[0])
+
+
+def test_a_plugin_metric_that_cannot_load_stops_the_run_before_ray(plugin_env, tmp_path, data_dir, tiny_model_dir):
+    # Offline, with an empty module cache: the Hub id "accuracy" cannot load.
+    env = {**plugin_env, "HF_EVALUATE_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    out = tmp_path / "out"
+    run = moebench(env, "run", "--allow-dirty", "--methods", "vanilla", "--tasks", "rte_hub_metric",
+                   *tiny_run_args(data_dir, tiny_model_dir, out, "hub-metric"))
+    assert run.returncode == 2, run.stderr[-3000:]
+    error = run.stderr.strip().splitlines()[-1]
+    assert error.startswith("moebench: error: task 'rte_hub_metric': evaluate cannot load its metric 'accuracy'")
+    assert "pass a local module path" in error
+    assert "Ray" not in run.stderr and not (out / "mlflow.db").exists()

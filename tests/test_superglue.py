@@ -1,15 +1,15 @@
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from moebench.config import expand_tasks
 from moebench.errors import UsageError
 from moebench.registry import TASKS
-from moebench.tasks.squad_metrics import exact_match, normalize_answer, token_f1
-from moebench.tasks.superglue import multirc_metrics, read_jsonl, record_local, record_metrics
+from moebench.metric import compute
+from moebench.tasks.metric_modules.answer_strings import exact_match, normalize_answer, token_f1
+from moebench.tasks.superglue import read_jsonl, record_local
 from moebench.train import collate, family_score
 
 # Examples of the shared val.jsonl files (PROVENANCE.md); MultiRC's are its 953 questions.
@@ -95,11 +95,12 @@ def test_cb_metrics_and_family_score():
 
 
 def test_multirc_f1a_and_exact_match_per_question():
-    pred = np.array([1, 0, 1, 1, 0])
-    gold = np.array([1, 0, 0, 1, 0])
-    questions = [(0, 0), (0, 0), (0, 1), (0, 1), (1, 0)]
-    # F1a over answers: tp 2, fp 1, fn 0 -> 4/5. EM: q(0,0) right, q(0,1) wrong, q(1,0) right -> 2/3.
-    assert multirc_metrics(pred, gold, questions) == pytest.approx({"f1a": 0.8, "exact_match": 2 / 3})
+    pred = [[1, 0], [1, 1], [0]]  # the option labels of three questions
+    gold = [[1, 0], [0, 1], [0]]
+    # F1a over answers: tp 2, fp 1, fn 0 -> 4/5. EM: question 0 right, 1 wrong, 2 right -> 2/3.
+    assert compute(TASKS.get("multirc"), pred, gold) == pytest.approx({"f1a": 0.8, "exact_match": 2 / 3})
+    # A question without options counts for neither.
+    assert compute(TASKS.get("multirc"), pred + [[]], gold + [[]]) == pytest.approx({"f1a": 0.8, "exact_match": 2 / 3})
 
 
 def test_squad_normalisation_and_token_f1():
@@ -121,7 +122,7 @@ def test_record_predicts_the_best_entity_of_each_query():
     # query 0 picks London (right); query 1 picks "Benazir Bhutto" against gold "Bhutto": EM 0, F1 2/3.
     scores = record.score([0.1, 2.0, 1.5, -1.0], features, examples)
     assert scores == pytest.approx({"exact_match": 0.5, "f1": (1 + 2 / 3) / 2})
-    assert record_metrics(["x"], [["x", "y"]]) == {"exact_match": 1.0, "f1": 1.0}
+    assert compute(record, ["x"], [["x", "y"]]) == {"exact_match": 1.0, "f1": 1.0}
 
 
 def test_record_official_jsonl_reads_entities_and_answers(data_dir, tiny_model_dir):

@@ -145,3 +145,32 @@ def test_dense_trains_without_experts_and_drop_starts_with_distinct_experts(tiny
     drop = trial(tiny_model_dir, data_dir, method="vanilla")
     run_trial(dataclasses.replace(drop, moe=MoEConfig(4, 2, upcycle="drop")), report=reports.append, progress=False)
     assert reports[0]["diagnostics/expert_cka"] < 0.99
+
+
+def test_weights_made_non_finite_by_a_step_fail_the_trial_at_that_step(tiny_model_dir, data_dir, monkeypatch):
+    """The loss that led to the step was finite, the weights after it are not (as an infinite
+    learning rate does): the trial must fail at that step, not train on and evaluate."""
+    import pytest
+
+    from moebench.registry import METHODS
+    from moebench.train import NonFinite
+
+    def poison(self, optimizer):
+        optimizer.param_groups[0]["params"][0].data[0] = float("inf")
+
+    monkeypatch.setattr(METHODS.get("vanilla"), "after_step", poison)
+    with pytest.raises(NonFinite, match=r"weights became non-finite at epoch 1, step 1 \(loss [0-9.]+\): 1 tensors"):
+        run_trial(trial(tiny_model_dir, data_dir, method="vanilla"), progress=False)
+
+
+def test_a_non_finite_score_fails_the_trial(tiny_model_dir, data_dir, monkeypatch):
+    import pytest
+
+    from moebench.registry import TASKS
+    from moebench.train import NonFinite
+
+    task = TASKS.get("stsb")
+    score = type(task).score
+    monkeypatch.setattr(type(task), "score", lambda self, *args: {**score(self, *args), "spearman": float("nan")})
+    with pytest.raises(NonFinite, match="the select split's main score is nan at epoch 1"):
+        run_trial(trial(tiny_model_dir, data_dir, method="vanilla", task="stsb"), progress=False)

@@ -17,6 +17,7 @@ A trial owns one `ProbeDiagnostics` for its fixed probe batch and calls it after
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -125,13 +126,16 @@ class ProbeDiagnostics:
         self.previous_top1: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def __call__(self, model) -> dict[str, float]:
-        """Per-layer and mean diagnostics of an MoEModel on the probe (eval mode)."""
+    def __call__(self, model, autocast=contextlib.nullcontext()) -> dict[str, float]:
+        """Per-layer and mean diagnostics of an MoEModel on the probe (eval mode). `autocast`: the
+        context of the forward, the trial's precision, so the routing is the one training sees;
+        the experts are then compared outside it, at the weights' own precision."""
         if not model.moe_layers:
             return {}  # the dense reference: no experts to measure
         was_training = model.training
         model.eval()
-        _, routing = model(**self.inputs)
+        with autocast:
+            _, routing = model(**self.inputs)
         model.train(was_training)
         top1 = [r.expert_index[:, 0] for r in routing]
         per_layer = [expert_similarity(r) | routing_health(r) for r in routing]

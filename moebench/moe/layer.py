@@ -270,7 +270,9 @@ class MoEFeedForward(nn.Module):
         return out
 
     def run_every_expert(self, x: torch.Tensor) -> torch.Tensor:
-        """(E, N, d): each expert's output on the same tokens (for similarity diagnostics)."""
+        """(E, N, d): each expert's output on the same tokens (for similarity diagnostics), in the
+        layer's own dtype: `x` may come from a forward under autocast."""
+        x = x.to(self.router.weight.dtype)
         return torch.stack([expert(x) for expert in self.experts])
 
 

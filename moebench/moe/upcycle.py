@@ -90,6 +90,8 @@ class MoEConfig:
             raise UsageError(f"--top-k must be between 1 and --num-experts ({self.num_experts}), got {self.top_k}")
         if not 0.0 <= self.router_jitter < 1.0:
             raise UsageError(f"--router-jitter must be in [0, 1), got {self.router_jitter}")
+        if not (math.isfinite(self.router_init_std) and self.router_init_std >= 0.0):
+            raise UsageError(f"--router-init-std must be a finite number >= 0, got {self.router_init_std}")
         if self.layers not in ("all", "every_other"):
             try:
                 [int(i) for i in self.layers.split(",")]
@@ -296,6 +298,9 @@ def upcycle_block(block: nn.Module, config: MoEConfig, generator: torch.Generato
                for expert_fc1, expert_fc2 in expert_weights(fc1, fc2, config, generator, importance)]
     router = nn.Linear(fc1.in_features, config.num_experts, bias=False)
     nn.init.normal_(router.weight, std=config.router_init_std)
+    # Drawn on the CPU in fp32 (the same numbers on any device), then in the FFN's dtype: a router
+    # left in fp32 beside bf16 experts could not take their bf16 inputs.
+    router = router.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
     moe = MoEFeedForward(experts, router, config.top_k, config.router_jitter, config.renormalize)
     # The MoE returns the full FFN output, so the block's own second projection becomes a
     # pass-through; its dropout, residual and LayerNorm stay where they were.
@@ -394,22 +399,8 @@ def build_moe_model(name_or_path: str, auto_class: str, moe: MoEConfig | None, s
 
 
 def check_model(name_or_path: str) -> None:
-    """Fail fast, before any trial starts, on a model that cannot be loaded."""
-    import os
+    """Fail fast, before any trial starts, on a model that cannot be loaded (its config.json,
+    weights and tokenizer; moebench.preflight.model_config, which reads no weights)."""
+    from moebench.preflight import model_config
 
-    looks_like_path = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
-    if os.path.isdir(name_or_path):
-        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
-            raise UsageError(f"--model {name_or_path!r} is a directory without config.json: not a Hugging Face model")
-        return
-    if looks_like_path or os.path.exists(name_or_path):
-        raise UsageError(f"--model {name_or_path!r} does not exist (give a model directory or a Hugging Face Hub id)")
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(name_or_path)
-    except Exception as error:  # offline, unknown id, gated: all mean "cannot load it here"
-        raise UsageError(
-            f"--model {name_or_path!r}: could not load it from the Hugging Face Hub ({type(error).__name__}); "
-            "is the hub reachable and the id right? Otherwise pass a local model directory"
-        ) from None
+    model_config(name_or_path)

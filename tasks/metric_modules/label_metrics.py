@@ -1,11 +1,6 @@
-"""Classification and regression metrics of GLUE-style tasks.
-
-Plain numpy/scipy rather than `evaluate`: its GLUE metric is fetched from the hub (which
-fails offline) and wraps these same scikit-learn/scipy formulas. Each is checked against
-hand-computed cases in tests/test_metrics.py.
-"""
-from __future__ import annotations
-
+"""Classification and regression metrics of GLUE-style tasks, shared by moebench_glue and
+moebench_superglue: plain numpy (scipy for the correlations), the formulas scikit-learn and
+scipy compute (cross-checked against them in tests/test_metric_modules.py)."""
 import numpy as np
 
 
@@ -37,7 +32,7 @@ def matthews_corrcoef(pred: np.ndarray, gold: np.ndarray) -> float:
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
     if np.std(pred) == 0 or np.std(gold) == 0:
         return 0.0  # a constant prediction has no correlation; scipy would return nan
-    from scipy import stats  # here, not at the top: scipy takes half a second to import, and `moebench list` must not wait
+    from scipy import stats  # here, not at the top: scipy takes half a second to import
 
     return float(stats.pearsonr(pred, gold)[0])
 

@@ -1,9 +1,7 @@
 """Answer-string metrics of the official SQuAD evaluation scripts (evaluate-v1.1.py and
-evaluate-v2.0.py), also used by SuperGLUE's ReCoRD: answers are compared after lower-casing
-and removing punctuation, the articles a/an/the and extra whitespace; exact match and token
-F1 take the maximum over the gold answers."""
-from __future__ import annotations
-
+evaluate-v2.0.py), shared by moebench_squad and moebench_superglue (ReCoRD): answers are
+compared after lower-casing and removing punctuation, the articles a/an/the and extra
+whitespace; exact match and token F1 take the maximum over the gold answers."""
 import functools
 import re
 import string
@@ -25,8 +23,7 @@ def exact_match(prediction: str, gold: str) -> float:
 
 def token_f1(prediction: str, gold: str) -> float:
     """Token-overlap F1; when either side normalises to nothing, 1 if both do, else 0 (the 2.0
-    script's rule; the 1.1 script gives 0 there, which differs only for a gold answer made
-    entirely of articles and punctuation)."""
+    script's rule; the 1.1 script gives 0 there, see v1_token_f1)."""
     predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
     if not predicted or not expected:
         return float(predicted == expected)
@@ -35,6 +32,14 @@ def token_f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def v1_token_f1(prediction: str, gold: str) -> float:
+    """evaluate-v1.1.py's F1: with no tokens in common it is 0, even when both sides normalise
+    to nothing (differs from token_f1 only for an answer made entirely of articles and punctuation)."""
+    if not normalize_answer(prediction) or not normalize_answer(gold):
+        return 0.0
+    return token_f1(prediction, gold)
 
 
 def best_over_golds(metric, prediction: str, golds: list[str]) -> float:

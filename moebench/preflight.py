@@ -1,0 +1,361 @@
+"""What the input asks of this machine, checked before anything is created or started.
+
+The config dataclasses (moebench.config, MoEConfig) check each value on its own; this module
+checks the values against the world: the model (its config.json, read without loading any
+weights), what local Ray could ever schedule, whether the upcycled model fits in memory, and
+whether the tracking store and the output directory can be written. Every check raises a
+UsageError naming the value, so `moebench run` ends with one line and exit code 2 before it
+creates an output directory, an MLflow store or a Ray session.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import urllib.parse
+
+from moebench.errors import UsageError
+
+# config.json model types whose blocks upcycle.encoder_layers / upcycle_block accept
+# (encoder.layer[i].intermediate.dense + .intermediate_act_fn, .output.dense), checked on each.
+BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie", "data2vec-text",
+               "roberta-prelayernorm", "megatron-bert", "mpnet", "deberta", "deberta-v2", "rembert", "convbert")
+# Types whose position ids start after the padding index: max_position_embeddings - (pad + 1) tokens fit.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                           "roberta-prelayernorm", "mpnet")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")  # or a sentencepiece *.model
+# Tracking-store schemes MLflow knows (mlflow.tracking._tracking_service.utils); plugins add their own.
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+SERVER_TIMEOUT_S = 3.0
+BYTES_PER_PARAMETER = 16  # fp32 weights, their gradients and AdamW's two moments
+
+
+def check_environment(cfg) -> dict:
+    """Every check of this module for one run configuration; returns the model's config.json."""
+    from moebench.moe.upcycle import default_model_path
+
+    check_output_dir(cfg.output_dir)
+    check_tracking_uri(cfg.resolved_tracking_uri())
+    if cfg.address is None:  # a cluster's resources are the cluster's to judge
+        check_local_resources(cfg.cpus_per_trial, cfg.gpus_per_trial)
+    config = model_config(cfg.model or default_model_path())
+    name = cfg.model or "the packaged MiniLM"
+    check_model_options(cfg, config, name)
+    if cfg.address is None:
+        check_memory(cfg, config, name)
+    return config
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+def model_config(name_or_path: str) -> dict:
+    """The model's config.json as a dict, without loading weights: from a local directory (which
+    must also hold weights and a tokenizer), or a hub id (from the local Hugging Face cache,
+    else, unless HF_HUB_OFFLINE is set, from the hub). Refuses what is not a BERT-family encoder."""
+    looks_like_path = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if os.path.isdir(name_or_path):
+        config = read_config(name_or_path, os.path.join(name_or_path, "config.json"))
+        files = os.listdir(name_or_path)
+        if not any(f in files for f in WEIGHT_FILES):
+            raise UsageError(f"--model {name_or_path!r} has no weights: expected {' or '.join(WEIGHT_FILES[::2])} "
+                             "(a TensorFlow or Flax checkpoint cannot be loaded)")
+        if not any(f in TOKENIZER_FILES or f.endswith(".model") for f in files):
+            raise UsageError(f"--model {name_or_path!r} has no tokenizer: expected {', '.join(TOKENIZER_FILES)} "
+                             "or a sentencepiece .model file beside config.json")
+        return config
+    if os.path.exists(name_or_path):
+        raise UsageError(f"--model {name_or_path!r} is a file; give a model directory (config.json, weights, tokenizer) "
+                         "or a Hugging Face Hub id")
+    if looks_like_path:
+        raise UsageError(f"--model {name_or_path!r} does not exist (give a model directory or a Hugging Face Hub id)")
+    return read_config(name_or_path, hub_file(name_or_path, "config.json"))
+
+
+def read_config(model: str, path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"--model {model!r} is a directory without config.json: not a Hugging Face model")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--model {model!r}: cannot read {path} ({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--model {model!r}: {path} is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in BERT_FAMILY:
+        what = f"a {model_type!r} model" if model_type else "a model without a model_type in its config.json"
+        raise UsageError(f"--model {model!r} is {what}; moebench upcycles BERT-family encoders ({', '.join(BERT_FAMILY)})")
+    return config
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face cache as the environment names it now (huggingface_hub reads it once, at import)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
+
+
+def hub_file(repo_id: str, filename: str) -> str:
+    """A file of a hub model: from the local cache, else (online) downloaded. Offline, a model
+    that is not in the cache, or whose weights are not, is refused here rather than in every trial."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    try:
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache)
+    except ValueError:  # HFValidationError: not a repository id at all
+        raise UsageError(f"--model {repo_id!r} is neither a directory nor a valid Hugging Face Hub id") from None
+    if hub_offline():
+        if not isinstance(cached, str):
+            raise UsageError(f"--model {repo_id!r} is not a local directory and not in the Hugging Face cache ({cache}), "
+                             "and HF_HUB_OFFLINE is set: download it once with the hub reachable, or pass a model directory")
+        if not any(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache), str) for f in WEIGHT_FILES):
+            raise UsageError(f"--model {repo_id!r}: the Hugging Face cache ({cache}) has its {filename} but no weights "
+                             f"({' or '.join(WEIGHT_FILES[::2])}), and HF_HUB_OFFLINE is set")
+        return cached
+    if isinstance(cached, str):
+        return cached
+    try:
+        return hf_hub_download(repo_id, filename, cache_dir=cache)
+    except Exception as error:  # offline, unknown id, gated: all mean "cannot load it here"
+        raise UsageError(
+            f"--model {repo_id!r}: could not load it from the Hugging Face Hub ({type(error).__name__}); "
+            "is the hub reachable and the id right? Otherwise pass a local model directory"
+        ) from None
+
+
+def position_limit(config: dict) -> int | None:
+    """The longest input the model's position embeddings cover, None where config.json does not say."""
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or config.get("position_biased_input") is False:  # DeBERTa: relative positions only
+        return None
+    if config.get("model_type") in POSITIONS_AFTER_PADDING:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return positions
+
+
+def check_model_options(cfg, config: dict, model: str) -> None:
+    """--max-seq-length, --moe-layers and the upcycling options against the model's shape."""
+    from moebench.moe.upcycle import check_split_sizes, num_dropped_neurons
+    from moebench.registry import METHODS
+
+    limit = position_limit(config)
+    lengths = {cfg.train.max_seq_length}
+    for value in cfg.search_space.get("train", {}).get("max_seq_length", []):
+        if str(value).isdigit():  # other values are refused with the search space's types
+            lengths.add(int(value))
+    if limit is not None and max(lengths) > limit:
+        raise UsageError(f"--max-seq-length {max(lengths)} is longer than the model can encode: {model} has "
+                         f"{config['max_position_embeddings']} position embeddings (at most {limit} tokens)")
+    if not any(METHODS.get(m).uses_moe for m in cfg.methods):
+        return
+    layers, d_ff = config.get("num_hidden_layers"), config.get("intermediate_size")
+    if isinstance(layers, int):
+        if not cfg.moe.layer_indices(layers):
+            raise UsageError(f"--moe-layers {cfg.moe.layers} selects no layer of the model's {layers}; give 'all' or indices "
+                             f"0..{layers - 1}")
+    if isinstance(d_ff, int):
+        for mode in cfg.upcycle:
+            moe = dataclasses.replace(cfg.moe, upcycle=mode)
+            if mode == "split":
+                check_split_sizes(d_ff, moe)
+            elif mode == "drop":
+                num_dropped_neurons(d_ff, moe)
+
+
+# ---- this machine -----------------------------------------------------------------------------
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_local_resources(cpus_per_trial: float, gpus_per_trial: float | None) -> None:
+    """Local Ray never schedules a trial that asks for more than the machine has: it would wait forever."""
+    cpus = available_cpus()
+    if cpus_per_trial > cpus:
+        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g}: this machine has {cpus} CPU cores, so local Ray could never "
+                         f"start a trial; give at most {cpus}, or join a cluster with --address")
+    if gpus_per_trial and visible_gpus() == 0:
+        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: this machine has no GPU that CUDA can see, so local Ray could "
+                         "never start a trial; give 0 (or leave it out), or join a cluster with GPUs with --address")
+
+
+def memory_bytes() -> int | None:
+    """Physical memory, or the cgroup's limit where that is lower (a container)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def estimate_parameters(config: dict, moe, num_layers: int, moe_layers: list[int]) -> int | None:
+    """Parameters of the encoder with the FFNs of `moe_layers` upcycled (moe None: dense), from
+    config.json alone: embeddings, attention and LayerNorms, FFNs (E experts and a router in an
+    MoE layer), pooler. The task head is a few thousand parameters and left out."""
+    h, d_ff, vocab = config.get("hidden_size"), config.get("intermediate_size"), config.get("vocab_size")
+    if not all(isinstance(v, int) and v > 0 for v in (h, d_ff, vocab)):
+        return None
+    e = config.get("embedding_size") or h  # ELECTRA's embeddings may be narrower, then projected
+    positions, types = int(config.get("max_position_embeddings") or 0), int(config.get("type_vocab_size") or 0)
+    embeddings = (vocab + positions + types) * e + 2 * e + (e * h + h if e != h else 0)
+    attention = 4 * (h * h + h) + 2 * h
+    ffn = 2 * h * d_ff + d_ff + h
+    total = embeddings + num_layers * (attention + ffn + 2 * h) + h * h + h
+    if moe is None:
+        return total
+    neurons = d_ff
+    if moe.upcycle == "split":  # each expert keeps the shared neurons and its share of the rest
+        neurons = moe.share_neurons + math.ceil((d_ff - moe.share_neurons) / moe.num_experts)
+    expert = 2 * h * neurons + neurons + h
+    return total + len(moe_layers) * (moe.num_experts * expert - ffn + h * moe.num_experts)
+
+
+def check_memory(cfg, config: dict, model: str) -> None:
+    """One trial holds the fp32 weights, their gradients and AdamW's two moments (about 4x the
+    weights): refuse an upcycled model that cannot fit in this machine's memory at all."""
+    from moebench.registry import METHODS
+
+    memory, layers = memory_bytes(), config.get("num_hidden_layers")
+    if not memory or not isinstance(layers, int):
+        return
+    moes = [dataclasses.replace(cfg.moe, upcycle=mode) for mode in cfg.upcycle] \
+        if any(METHODS.get(m).uses_moe for m in cfg.methods) else [None]
+    estimates = [estimate_parameters(config, moe, layers, moe.layer_indices(layers) if moe else []) for moe in moes]
+    parameters = max((p for p in estimates if p is not None), default=None)
+    if parameters is None or parameters * BYTES_PER_PARAMETER <= memory:
+        return
+    gib = 2 ** 30
+    what = f"--num-experts {cfg.moe.num_experts}: the upcycled model" if moes != [None] else f"--model {model}: the model"
+    raise UsageError(
+        f"{what} would have about {parameters / 1e6:,.0f}M parameters, {parameters * 4 / gib:.1f} GiB of fp32 weights and "
+        f"about {parameters * BYTES_PER_PARAMETER / gib:.1f} GiB with gradients and AdamW state, more than this machine's "
+        f"{memory / gib:.1f} GiB of memory" + ("; lower --num-experts or upcycle fewer layers (--moe-layers)" if moes != [None] else "")
+    )
+
+
+# ---- where results go -------------------------------------------------------------------------
+
+def check_creatable(path: str, what: str) -> None:
+    """`path` is, or can become, a writable directory."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{what}: {existing} is a file, not a directory")
+    try:  # a real attempt, not os.access: root passes every permission check, yet cannot write in /proc
+        os.rmdir(tempfile.mkdtemp(prefix=".moebench-check-", dir=existing))
+    except OSError:
+        raise UsageError(f"{what}: {existing} is not writable") from None
+
+
+def check_output_dir(output_dir: str) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output-dir {output_dir!r} is a file, not a directory")
+    check_creatable(output_dir, f"--output-dir {output_dir!r}")
+
+
+def tracking_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {*TRACKING_SCHEMES, *(ep.name for ep in entry_points(group="mlflow.tracking_store"))}
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A store MLflow can open and moebench can write: a known scheme; an SQLite file or a store
+    folder that can be created; a server that answers (one request, SERVER_TIMEOUT_S seconds,
+    instead of MLflow's minutes of retries)."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if not scheme:  # a folder: MLflow's file store
+        check_store_folder(uri, uri)
+        return
+    base = scheme.split("+")[0]  # postgresql+psycopg2://
+    if base not in tracking_schemes() and scheme not in tracking_schemes():
+        raise UsageError(f"--tracking-uri {uri!r}: MLflow has no tracking store for {scheme}://; give sqlite:///PATH, a "
+                         "folder (or file:PATH), http(s)://HOST:PORT of a tracking server, postgresql://, mysql://, "
+                         "mssql:// or databricks")
+    if base == "sqlite":
+        check_sqlite(uri)
+    elif base == "file":
+        check_store_folder(uri, urllib.parse.unquote(parsed.path))
+    elif base in ("http", "https"):
+        check_server(uri)
+    elif base in DATABASE_PORTS and parsed.hostname:
+        check_port(uri, parsed.hostname, parsed.port or DATABASE_PORTS[base])
+
+
+def check_store_folder(uri: str, path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--tracking-uri {uri!r}: {path} is a file, not an MLflow store folder")
+    check_creatable(path, f"--tracking-uri {uri!r}")
+
+
+def check_sqlite(uri: str) -> None:
+    database = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+    if database in ("", ":memory:"):
+        raise UsageError(f"--tracking-uri {uri!r} is an in-memory database, which keeps nothing; give sqlite:///PATH "
+                         "(sqlite:////absolute/path.db)")
+    if os.path.isdir(database):
+        raise UsageError(f"--tracking-uri {uri!r}: {database} is a directory, not an SQLite file")
+    check_creatable(os.path.dirname(os.path.abspath(database)), f"--tracking-uri {uri!r}")
+    if os.path.isfile(database):
+        if not os.access(database, os.R_OK | os.W_OK):
+            raise UsageError(f"--tracking-uri {uri!r}: {database} is not writable")
+        with open(database, "rb") as f:
+            header = f.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise UsageError(f"--tracking-uri {uri!r}: {database} is not an SQLite database")
+
+
+def check_server(uri: str) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        if isinstance(reason, ssl.SSLError):
+            return  # a server answered; whether MLflow trusts its certificate is MLflow's setting
+        raise UsageError(f"--tracking-uri {uri}: no tracking server answers there within {SERVER_TIMEOUT_S:g} s ({reason}); "
+                         "start it (mlflow server --host HOST --port PORT) or fix the address") from None
+
+
+def check_port(uri: str, host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=SERVER_TIMEOUT_S).close()
+    except OSError as error:
+        raise UsageError(f"--tracking-uri {uri}: no database answers at {host}:{port} within {SERVER_TIMEOUT_S:g} s "
+                         f"({error.strerror or error})") from None

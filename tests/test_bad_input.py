@@ -1,0 +1,382 @@
+"""Bad input of every kind ends the same way: one line on stderr naming the bad value, exit code
+2, no traceback, and nothing created (no output directory, MLflow store or Ray session).
+
+Each case builds its input in a temporary directory (a crafted model directory, a copy of a
+few lines of the shared data with one file broken, a file where a directory should be) and
+calls `moebench.cli.main` in-process, so the whole corpus runs in seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from moebench.cli import main
+
+BASE = ["run", "--methods", "vanilla", "--tasks", "rte"]
+SQUAD_HALVES = ["--train-split", "validation[:50%]", "--report-split", "validation[50%:]"]
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.device_count() > 0
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- builders: (tmp, data) -> extra argv --------------------------------------------------------
+
+BERT_CONFIG = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "vocab_size": 100, "max_position_embeddings": 128, "type_vocab_size": 2}
+
+
+def model_dir(tmp: Path, config=None, files=("model.safetensors", "vocab.txt"), **changes) -> str:
+    """A model directory that is only as real as the checks need: config.json and empty files."""
+    path = tmp / "model"
+    path.mkdir()
+    if config is None:
+        config = {**BERT_CONFIG, **changes}
+    if isinstance(config, dict):
+        config = json.dumps(config)
+    if isinstance(config, str):
+        config = config.encode()
+    if config is not False:
+        (path / "config.json").write_bytes(config)
+    for name in files:
+        (path / name).write_bytes(b"")
+    return str(path)
+
+
+def model_args(extra: list[str], **kwargs):
+    return lambda tmp, data: ["--model", model_dir(tmp, **kwargs), *extra]
+
+
+def model(**kwargs):
+    return model_args([], **kwargs)
+
+
+def head(path: str, lines: int) -> bytes:
+    with open(path, "rb") as f:
+        return b"".join(f.readline() for _ in range(lines))
+
+
+def data_copy(tmp: Path, data: str, files: dict[str, bytes | int]) -> str:
+    """A data root holding some files: bytes as given, or an int n: the first n lines of the shared file."""
+    root = tmp / "data"
+    for relative, content in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(head(os.path.join(data, relative), content) if isinstance(content, int) else content)
+    return str(root)
+
+
+def glue(task: str, folder: str, train: bytes | int = 40, dev: bytes | int = 20):
+    return lambda tmp, data: ["--tasks", task, "--data-dir",
+                              data_copy(tmp, data, {f"glue/{folder}/train.tsv": train, f"glue/{folder}/dev.tsv": dev})]
+
+
+def with_line(data_line: bytes, header_and: int = 10):
+    """RTE's train.tsv: its header and first rows, then `data_line`."""
+    def build(tmp, data):
+        good = head(os.path.join(data, "glue/RTE/train.tsv"), header_and)
+        return ["--data-dir", data_copy(tmp, data, {"glue/RTE/train.tsv": good + data_line, "glue/RTE/dev.tsv": 20})]
+    return build
+
+
+def stsb(score: bytes):
+    def build(tmp, data):
+        good = head(os.path.join(data, "glue/STS-B/train.tsv"), 10)
+        row = b"9999\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA cat.\tA dog.\t" + score + b"\n"
+        return ["--tasks", "stsb", "--data-dir", data_copy(tmp, data, {"glue/STS-B/train.tsv": good + row,
+                                                                       "glue/STS-B/dev.tsv": 20})]
+    return build
+
+
+def cb(val: bytes):
+    return lambda tmp, data: ["--tasks", "cb", "--data-dir",
+                              data_copy(tmp, data, {"superglue/CB/train.jsonl": 20, "superglue/CB/val.jsonl": val})]
+
+
+def cb_line(line: bytes):
+    def build(tmp, data):
+        return cb(head(os.path.join(data, "superglue/CB/val.jsonl"), 3) + line)(tmp, data)
+    return build
+
+
+def conll(valid: bytes | None = None, extra_line: bytes = b""):
+    def build(tmp, data):
+        text = valid if valid is not None else head(os.path.join(data, "conll2003/valid.txt"), 30) + extra_line
+        return ["--tasks", "conll2003", "--data-dir",
+                data_copy(tmp, data, {"conll2003/train.txt": 60, "conll2003/valid.txt": text})]
+    return build
+
+
+def squad(dev: bytes):
+    return lambda tmp, data: ["--tasks", "squad", *SQUAD_HALVES, "--data-dir",
+                              data_copy(tmp, data, {"squad/v1.1/dev-v1.1.json": dev})]
+
+
+def experiment(text: bytes | str, *extra: str):
+    def build(tmp, data):
+        path = tmp / "exp.yaml"
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return ["--config", str(path), *extra]
+    return build
+
+
+def a_file(tmp: Path) -> str:
+    path = tmp / "a-file"
+    path.write_text("not a directory\n")
+    return str(path)
+
+
+def hub_cache(tmp: Path, repo: str, files: dict[str, str]) -> str:
+    """A Hugging Face cache holding some files of one model (the layout huggingface_hub writes)."""
+    cache = tmp / "hf" / "hub"
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        (snapshot / name).write_text(content)
+    return str(tmp / "hf")
+
+
+# ---- the corpus: (id, argv after BASE, or a builder, expected text of the one line) -------------
+
+CASES = [
+    # non-finite and out-of-range numbers
+    ("lr-inf", ["--lr", "inf"], "--lr must be a finite number, got inf"),
+    ("lr-nan", ["--lr", "nan"], "--lr must be a finite number, got nan"),
+    ("lr-negative", ["--lr", "-0.1"], "--lr must be > 0"),
+    ("weight-decay-nan", ["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    ("weight-decay-inf", ["--weight-decay", "inf"], "--weight-decay must be a finite number, got inf"),
+    ("warmup-ratio-nan", ["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"),
+    ("warmup-ratio-1", ["--warmup-ratio", "1"], "--warmup-ratio must be in [0, 1)"),
+    ("router-jitter-nan", ["--router-jitter", "nan"], "--router-jitter must be in [0, 1), got nan"),
+    ("router-init-std-inf", ["--router-init-std", "inf"], "--router-init-std must be a finite number >= 0, got inf"),
+    ("router-init-std-negative", ["--router-init-std", "-1"], "--router-init-std must be a finite number >= 0"),
+    ("upcycle-noise-nan", ["--upcycle", "noise", "--upcycle-noise", "nan"], "--upcycle-noise must be a finite number"),
+    ("upcycle-ratio-nan", ["--upcycle", "drop", "--upcycle-ratio", "nan"], "--upcycle-ratio must be in (0, 1], got nan"),
+    ("cpus-nan", ["--cpus-per-trial", "nan"], "--cpus-per-trial must be a finite number > 0, got nan"),
+    ("cpus-inf", ["--cpus-per-trial", "inf"], "--cpus-per-trial must be a finite number > 0, got inf"),
+    ("cpus-zero", ["--cpus-per-trial", "0"], "--cpus-per-trial must be a finite number > 0"),
+    ("cpus-more-than-the-machine", ["--cpus-per-trial", "100000"], "CPU cores, so local Ray could never start a trial"),
+    ("gpus-nan", ["--gpus-per-trial", "nan"], "--gpus-per-trial must be a finite number >= 0, got nan"),
+    ("gpus-negative", ["--gpus-per-trial", "-1"], "--gpus-per-trial must be a finite number >= 0"),
+    ("gpus-two", ["--gpus-per-trial", "2"], "a trial trains on one device"),
+    ("set-nan", ["--methods", "load_balancing", "--set", "load_balancing.aux_coef=nan"], "load_balancing.aux_coef expects a finite float"),
+    ("set-inf", ["--methods", "load_balancing", "--set", "load_balancing.aux_coef=inf"], "got 'inf'"),
+    ("set-not-a-number", ["--methods", "load_balancing", "--set", "load_balancing.aux_coef=abc"], "got 'abc'"),
+    ("set-no-equals", ["--set", "vanilla.x"], "--set expects METHOD.PARAM=VALUE"),
+    ("epochs-not-an-int", ["--epochs", "1e3"], "argument --epochs: invalid int value: '1e3'"),
+    ("unknown-option", ["--learning-rate", "0.1"], "unrecognized arguments: --learning-rate"),
+    ("max-seq-length-zero", ["--max-seq-length", "0"], "--max-seq-length must be a positive integer"),
+    ("max-seq-length-100000", ["--max-seq-length", "100000"], "--max-seq-length 100000 is longer than the model can encode"),
+    ("max-seq-length-513", ["--max-seq-length", "513"], "512 position embeddings (at most 512 tokens)"),
+    # seeds
+    ("seed-negative", ["--seeds", "-1"], "--seeds must be integers from 0 to 2**32 - 1"),
+    ("seed-2-32", ["--seeds", "0,4294967296"], "got 4294967296"),
+    ("seeds-empty", ["--seeds", ","], "--seeds needs at least one seed"),
+    ("seeds-not-integers", ["--seeds", "0,x"], "seeds must be comma-separated integers"),
+    # the MoE against the model
+    ("moe-layers-99", ["--moe-layers", "99"], "--moe-layers [99] out of range: the encoder has layers 0..5"),
+    ("moe-layers-negative", ["--moe-layers", "-1"], "--moe-layers [-1] out of range"),
+    ("moe-layers-not-indices", ["--moe-layers", "0,x"], "--moe-layers must be 'all', 'every_other' or a comma list"),
+    ("share-neurons-above-the-ffn", ["--upcycle", "split", "--share-neurons", "100000"], "--share-neurons must be < the FFN's 1536"),
+    ("num-experts-beyond-memory", ["--num-experts", "100000"], "GiB with gradients and AdamW state, more than this machine's"),
+    ("top-k-above-experts", ["--num-experts", "2", "--top-k", "3"], "--top-k must be between 1 and --num-experts"),
+    ("baseline-typo", ["--baseline", "vanila"], "--baseline: unknown method 'vanila'"),
+    ("experiment-empty", ["--experiment", " "], "--experiment must be a non-empty"),
+    # split expressions
+    ("split-reversed", ["--train-split", "train[50%:10%]"], "'train[50%:10%]' is reversed"),
+    ("split-reversed-counts", ["--train-split", "train[500:100]"], "'train[500:100]' is reversed"),
+    ("split-over-100-percent", ["--train-split", "train[:150%]"], "150% is outside 0-100%"),
+    ("split-empty", ["--report-split", "validation[5:5]"], "selects no rows"),
+    ("split-beyond-the-data", ["--train-split", "train[100000:]"], "--train-split train[100000:] selects none of the 2490"),
+    ("split-too-small-to-hold-out", ["--train-split", "train[:1]"], "too few to hold out a selection slice"),
+    # experiment files
+    ("config-binary", experiment(bytes(range(128, 256))), "not a UTF-8 text file"),
+    ("config-latin-1", experiment("methods: [vanilla]\ntasks: rte\nexperiment: caf\u00e9\n".encode("latin-1")), "not a UTF-8 text file (byte 0xe9"),
+    ("config-nul-bytes", experiment(b"methods: [vanilla]\n\x00\x00\n"), "not valid YAML"),
+    ("config-directory", lambda tmp, data: ["--config", str(tmp)], "Is a directory"),
+    ("config-missing", lambda tmp, data: ["--config", str(tmp / "nope.yaml")], "No such file or directory"),
+    ("config-lr-inf", experiment("lr: .inf\n"), "exp.yaml, line 1: --lr must be a finite number, got inf"),
+    ("config-epochs-null", experiment("tasks: rte\nepochs:\n"), "exp.yaml, line 2: 'epochs' has no value"),
+    ("config-seeds-empty", experiment("seeds: []\n"), "exp.yaml, line 1: --seeds needs at least one seed"),
+    ("config-seed-negative", experiment("\nseeds: [0, -3]\n"), "exp.yaml, line 2: --seeds must be integers"),
+    ("config-max-seq-length", experiment("max_seq_length: 100000\n"), "exp.yaml, line 1: --max-seq-length 100000"),
+    ("config-key-typo", experiment("epoch: 2\n"), "exp.yaml, line 1: unknown key 'epoch'"),
+    ("config-key-not-a-name", experiment("1: 2\n"), "key 1 is not an option name"),
+    ("config-set-nan", experiment("methods: [load_balancing]\nset: {load_balancing: {aux_coef: .nan}}\n"), "load_balancing.aux_coef expects a finite float"),
+    ("config-search-lr-nan", experiment("search: grid\nsearch_space: {train: {lr: [.nan]}}\n"), "--lr must be a finite number, got nan"),
+    ("config-search-unknown-train-option", experiment("search: grid\nsearch_space: {train: {learning_rate: [1]}}\n"), "train has no option 'learning_rate'"),
+    # model directories and hub ids
+    ("model-not-bert", model(model_type="gpt2"), "is a 'gpt2' model; moebench upcycles BERT-family encoders"),
+    ("model-distilbert", model(model_type="distilbert"), "is a 'distilbert' model"),
+    ("model-without-type", model(config={"hidden_size": 32}), "a model without a model_type"),
+    ("model-config-not-json", model(config="{not json"), "cannot read"),
+    ("model-config-not-utf8", model(config=b'{"model_type": "bert\xff"}'), "UnicodeDecodeError"),
+    ("model-config-a-list", model(config="[1, 2]"), "is not a JSON object"),
+    ("model-without-config", model(config=False), "is a directory without config.json"),
+    ("model-without-weights", model(files=("vocab.txt",)), "has no weights"),
+    ("model-tensorflow-only", model(files=("tf_model.h5", "vocab.txt")), "has no weights"),
+    ("model-without-tokenizer", model(files=("model.safetensors",)), "has no tokenizer"),
+    ("model-a-file", lambda tmp, data: ["--model", a_file(tmp)], "is a file; give a model directory"),
+    ("model-missing-path", ["--model", "./no/such/model"], "'./no/such/model' does not exist"),
+    ("model-short-positions", model(max_position_embeddings=64), "--max-seq-length 128 is longer than the model can encode"),
+    ("model-roberta-positions", model_args(["--max-seq-length", "65"], model_type="roberta", max_position_embeddings=66,
+                                           pad_token_id=1), "66 position embeddings (at most 64 tokens)"),
+    ("model-moe-layer-beyond", model_args(["--moe-layers", "2"]), "--moe-layers [2] out of range: the encoder has layers 0..1"),
+    ("model-every-other-of-one", model_args(["--moe-layers", "every_other"], num_hidden_layers=1),
+     "--moe-layers every_other selects no layer of the model's 1"),
+    ("model-drop-no-neuron", model_args(["--upcycle", "drop", "--upcycle-ratio", "0.001"]), "re-initialises no neuron of a 64-neuron FFN"),
+    ("model-split-too-few-neurons", model_args(["--upcycle", "split", "--num-experts", "8", "--share-neurons", "60"]),
+     "--share-neurons 60 leaves 4 of 64 neurons for 8 experts"),
+    # data files
+    ("glue-empty-file", glue("rte", "RTE", train=b""), "train.tsv, line 1: empty file"),
+    ("glue-header-only", glue("rte", "RTE", train=1), "train.tsv: no rte examples"),
+    ("glue-not-utf8", glue("rte", "RTE", dev=b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tcaf\xe9\tb\tentailment\n"),
+     "dev.tsv, line 3: not UTF-8 text (byte 0xe9)"),
+    ("glue-bad-label", with_line(b"99\tA premise.\tA hypothesis.\tmaybe\n"), "train.tsv, line 11: cannot read rte example (label 'maybe'"),
+    ("glue-label-out-of-range", with_line(b"99\tA premise.\tA hypothesis.\t7\n"), "line 11: cannot read rte example (label '7'"),
+    ("stsb-score-nan", stsb(b"nan"), "STS-B/train.tsv, line 11: cannot read stsb example (score 'nan' is not a finite number)"),
+    ("stsb-score-inf", stsb(b"inf"), "score 'inf' is not a finite number"),
+    ("stsb-score-text", stsb(b"high"), "line 11: cannot read stsb example"),
+    ("cola-bad-label", glue("cola", "CoLA", train=b"gj04\t1\t\tGood.\ngj04\t5\t\tBad label.\n"), "CoLA/train.tsv, line 2: cannot read cola example"),
+    ("superglue-not-json", cb_line(b"{not json}\n"), "CB/val.jsonl, line 4: not a JSON record"),
+    ("superglue-not-an-object", cb_line(b"[1, 2]\n"), "CB/val.jsonl, line 4: expected a JSON object, got list"),
+    ("superglue-bad-label", cb_line(b'{"premise": "a", "hypothesis": "b", "label": "maybe", "idx": 9}\n'), "line 4: label 'maybe' not in"),
+    ("superglue-nan-label", cb_line(b'{"premise": "a", "hypothesis": "b", "label": NaN, "idx": 9}\n'), "line 4: label nan not in"),
+    ("superglue-missing-field", cb_line(b'{"premise": "a", "label": "neutral", "idx": 9}\n'), "line 4: record has no field 'hypothesis'"),
+    ("superglue-empty-file", cb(b""), "CB/val.jsonl: no examples"),
+    ("superglue-not-utf8", cb(b'{"premise": "caf\xe9", "hypothesis": "b", "label": "neutral", "idx": 0}\n'), "CB/val.jsonl, line 1: not UTF-8 text"),
+    ("conll-wrong-columns", conll(extra_line=b"Leicester NNP B-NP\n"), "conll2003/valid.txt, line 31: expected 4 space-separated columns"),
+    ("conll-unknown-tag", conll(extra_line=b"Leicester NNP B-NP B-TOWN\n"), "line 31: unknown NER tag 'B-TOWN'"),
+    ("conll-empty-file", conll(valid=b""), "conll2003/valid.txt: no sentences"),
+    ("conll-not-utf8", conll(valid=b"-DOCSTART- -X- -X- O\n\nCaf\xe9 NNP B-NP B-ORG\n"), "valid.txt, line 3: not UTF-8 text"),
+    ("squad-not-json", squad(b'{"data": [\n'), "dev-v1.1.json: not valid JSON at line 2"),
+    ("squad-not-utf8", squad(b'{"data": [], "version": "caf\xe9"}'), "dev-v1.1.json, line 1: not UTF-8 text"),
+    ("squad-no-data", squad(b'{"version": "1.1"}'), "dev-v1.1.json: no top-level 'data' list"),
+    ("squad-no-questions", squad(b'{"data": []}'), "dev-v1.1.json: no questions"),
+    ("data-dir-a-file", lambda tmp, data: ["--data-dir", a_file(tmp)], "is not a directory"),
+    # where results go
+    ("tracking-unknown-scheme", ["--tracking-uri", "mongodb://localhost/runs"], "MLflow has no tracking store for mongodb://"),
+    ("tracking-typo-scheme", ["--tracking-uri", "sqlit:///x.db"], "MLflow has no tracking store for sqlit://"),
+    ("tracking-http-nobody-there", lambda tmp, data: ["--tracking-uri", f"http://127.0.0.1:{closed_port()}"],
+     "no tracking server answers there within 3 s"),
+    ("tracking-postgres-nobody-there", lambda tmp, data: ["--tracking-uri", f"postgresql://u:p@127.0.0.1:{closed_port()}/db"],
+     "no database answers at 127.0.0.1"),
+    ("tracking-sqlite-in-memory", ["--tracking-uri", "sqlite://"], "is an in-memory database"),
+    ("tracking-sqlite-parent-is-a-file", lambda tmp, data: ["--tracking-uri", f"sqlite:///{a_file(tmp)}/mlflow.db"],
+     "a-file is a file, not a directory"),
+    ("tracking-sqlite-a-directory", lambda tmp, data: ["--tracking-uri", f"sqlite:///{tmp}"], "is a directory, not an SQLite file"),
+    ("tracking-sqlite-not-sqlite", lambda tmp, data: ["--tracking-uri", f"sqlite:///{a_file(tmp)}"], "is not an SQLite database"),
+    ("tracking-file-store-a-file", lambda tmp, data: ["--tracking-uri", f"file:{a_file(tmp)}"], "is a file, not an MLflow store folder"),
+    ("output-dir-a-file", lambda tmp, data: ["--output-dir", a_file(tmp)], "is a file, not a directory"),
+    ("output-dir-under-a-file", lambda tmp, data: ["--output-dir", a_file(tmp) + "/runs"], "a-file is a file, not a directory"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", [pytest.param(extra, expected, id=name) for name, extra, expected in CASES])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, data_dir, capsys, extra, expected):
+    extra = extra(tmp_path, data_dir) if callable(extra) else extra
+    out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [*BASE, "--data-dir", data_dir, *extra]
+    if "--output-dir" not in extra:
+        argv += ["--output-dir", str(out)]
+    assert_refused(argv, capsys, expected)
+    assert not out.exists()  # no MLflow store, no Ray directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nor anything beside the inputs
+
+
+def assert_refused(argv: list[str], capsys, expected: str) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's errors
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("moebench: error: ") and expected in lines[0], lines[0]
+
+
+def test_the_corpus_is_large():
+    assert len(CASES) >= 60
+
+
+# ---- cases that depend on this machine or on the environment -------------------------------------
+
+@pytest.mark.skipif(has_gpu(), reason="this machine has a GPU")
+@pytest.mark.parametrize("gpus", ["1", "0.5"])
+def test_gpus_on_a_machine_without_one(tmp_path, data_dir, capsys, gpus):
+    assert_refused([*BASE, "--data-dir", data_dir, "--output-dir", str(tmp_path / "out"), "--gpus-per-trial", gpus], capsys,
+                   f"--gpus-per-trial {gpus}: this machine has no GPU that CUDA can see")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_dir(data_dir, capsys):
+    # /proc refuses new entries to every user, root included (a 0o555 folder would not stop root)
+    assert_refused([*BASE, "--data-dir", data_dir, "--output-dir", "/proc/moebench-out"], capsys, "/proc is not writable")
+    assert not os.path.exists("/proc/moebench-out")
+
+
+@pytest.mark.parametrize("repo, cached, expected", [
+    ("someone/not-cached", {}, "is not a local directory and not in the Hugging Face cache"),
+    ("someone/config-only", {"config.json": json.dumps(BERT_CONFIG)}, "has its config.json but no weights"),
+    ("someone/a-gpt", {"config.json": json.dumps({"model_type": "gpt2"}), "model.safetensors": ""}, "is a 'gpt2' model"),
+    ("bad id!", {}, "is neither a directory nor a valid Hugging Face Hub id"),
+])
+def test_hub_ids_offline(tmp_path, data_dir, capsys, monkeypatch, repo, cached, expected):
+    home = hub_cache(tmp_path, "someone/x" if repo == "bad id!" else repo, cached)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", home)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    assert_refused([*BASE, "--data-dir", data_dir, "--output-dir", str(tmp_path / "out"), "--model", repo], capsys, expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_file_stops_a_group_too(tmp_path, data_dir, capsys):
+    """A group member without data is skipped; one whose file is malformed is not: it is there to be read."""
+    root = data_copy(tmp_path, data_dir, {"glue/RTE/train.tsv": b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n",
+                                          "glue/RTE/dev.tsv": 20})
+    try:
+        code = main(["run", "--methods", "vanilla", "--tasks", "glue", "--data-dir", root, "--output-dir", str(tmp_path / "out")])
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("moebench: error: ") and "label 'maybe'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_driver_reads_each_split_once(tmp_path, data_dir, monkeypatch):
+    """Validation loads every split a sweep needs, once per (task, split) in the process."""
+    from moebench import cli, task as task_module
+    from moebench.registry import TASKS
+    from moebench.config import TrainConfig
+
+    rte, calls = TASKS.get("rte"), []
+    root = data_copy(tmp_path, data_dir, {"glue/RTE/train.tsv": 40, "glue/RTE/dev.tsv": 20})
+    original = type(rte).load
+    monkeypatch.setattr(type(rte), "load", lambda self, split, d: calls.append(split) or original(self, split, d))
+    monkeypatch.setattr(task_module, "_LOADED", {})
+    cli.check_task_data("rte", TrainConfig(), root)
+    cli.check_task_data("rte", TrainConfig(), root)
+    assert sorted(calls) == ["train", "validation"]
+    assert len(task_module.load_examples(rte, "train", root)) == 39
