@@ -350,6 +350,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    method.start(total_steps, lambda: batches(train_features, cfg.batch_size, tokenizer))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(1, int(cfg.warmup_ratio * total_steps))))
     order = torch.Generator().manual_seed(trial.seed)
 

@@ -45,6 +45,19 @@ def test_an_installed_plugin_method_runs_through_moebench_run(plugin_env, tmp_pa
     assert runs["metrics.train/entropy_loss"].iloc[0] > 0
 
 
+def test_an_installed_routing_method_runs_through_moebench_run(plugin_env, tmp_path, data_dir, tiny_model_dir):
+    """A plugin's own gate (top-p: a variable number of experts per token) routes every MoE layer."""
+    out = tmp_path / "out"
+    run = moebench(plugin_env, "run", "--allow-dirty", "--methods", "top_p", "--tasks", "rte", "--set", "top_p.p=0.6",
+                   *tiny_run_args(data_dir, tiny_model_dir, out, "plugin-routing"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["plugin-routing"])
+    assert list(runs["status"]) == ["FINISHED"]
+    # Near-uniform probabilities at the start: the mass before the third expert is about 0.5 < p.
+    assert 2.0 < runs["metrics.diagnostics/experts_per_token"].iloc[0] <= 4.0  # top-2 would read exactly 2
+
+
 def test_a_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(plugin_env, tmp_path, data_dir, tiny_model_dir):
     out = tmp_path / "out"
     run = moebench(plugin_env, "run", "--allow-dirty", "--methods", "exploding,vanilla", "--tasks", "rte",

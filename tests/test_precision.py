@@ -32,6 +32,7 @@ def tiny_moe(tiny_model_dir, name, dtype=torch.float32):
     params = {k: v for k, v in PARAMS.get(name, {}).items() if k in {f.name for f in dataclasses.fields(method_cls.Params)}}
     method = method_cls(method_cls.Params(**params))
     method.attach(model)
+    method.start(6, lambda: [batch()])  # the trial's step count and training data (hash, smoe_dropout)
     return model, method
 
 

@@ -7,7 +7,8 @@
 - Routing health on the same tokens: load fraction per expert (share of token->expert
   assignments), its coefficient of variation, the load distribution's entropy divided by
   log E (1 = perfectly even, 0 = one expert takes everything), dead experts (load 0), and
-  router confidence (mean top-1 probability).
+  router confidence (mean top-1 probability), and experts per token (the mean number of
+  experts a token used: k for top-k routing, anything from 0 to E with a method's gate).
 - Expert/label mutual information: do experts specialise by label? See `expert_label_mi`.
 - Routing stability: the fraction of probe tokens whose top-1 expert changed since the
   previous diagnosis (`top1_changed`), absent at the first one.
@@ -28,7 +29,7 @@ from moebench.moe.similarity import linear_cka, mean_cosine
 
 PROBE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # all the probe forward gets: never labels
 IGNORED_LABEL = -100  # NER's label on sub-tokens it does not score, and collate's label padding
-PER_LAYER = ("expert_cka", "expert_cosine", "routing_entropy", "routing_cv")
+PER_LAYER = ("expert_cka", "expert_cosine", "routing_entropy", "routing_cv", "experts_per_token")
 MEAN_ONLY = ("router_confidence",)
 # Logged per layer and as the mean over layers where defined, absent otherwise.
 WHERE_DEFINED = ("expert_label_mi", "expert_label_mi_norm", "top1_changed")
@@ -46,8 +47,8 @@ def expert_similarity(routing: Routing) -> dict[str, float]:
 
 def routing_health(routing: Routing) -> dict[str, float]:
     num_experts = routing.num_experts
-    counts = torch.bincount(routing.expert_index.reshape(-1), minlength=num_experts).float()
-    load = counts / counts.sum()
+    counts = torch.bincount(routing.assigned_experts, minlength=num_experts).float()
+    load = counts / counts.sum().clamp_min(1.0)  # a gate may route no token at all
     nonzero = load[load > 0]
     entropy = -(nonzero * nonzero.log()).sum().item()
     return {
@@ -55,6 +56,7 @@ def routing_health(routing: Routing) -> dict[str, float]:
         "routing_entropy": entropy / math.log(num_experts) if num_experts > 1 else 1.0,
         "dead_experts": float((counts == 0).sum().item()),
         "router_confidence": routing.router_probs.max(dim=-1).values.mean().item(),
+        "experts_per_token": routing.experts_per_token.float().mean().item(),
         **{f"load_{e}": load[e].item() for e in range(num_experts)},
     }
 
@@ -137,7 +139,7 @@ class ProbeDiagnostics:
         with autocast:
             _, routing = model(**self.inputs)
         model.train(was_training)
-        top1 = [r.expert_index[:, 0] for r in routing]
+        top1 = [r.top1 for r in routing]  # -1 for a token that used no expert
         per_layer = [expert_similarity(r) | routing_health(r) for r in routing]
         if self.token_labels is not None:
             for stats, experts in zip(per_layer, top1):

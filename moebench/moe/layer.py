@@ -15,15 +15,24 @@ zero gradient from the stacked weights instead of none, so AdamW still moves it 
 weight decay), where "loop" and "sorted" leave it untouched.
 "loop" is the former expert-by-expert dispatch (one nonzero() per expert and one for the
 padding mask), kept as the reference the benchmarks compare against.
+
+Routing is the layer's gate: the softmax top-k router below, or a method's `Gate`
+(moebench.moe.routing) set as `layer.gate`. A gate may leave some of a token's k_max slots
+unused (a validity mask), so a token can use any number of experts; every dispatch mode skips
+unused slots ("sorted" and "grouped_mm" sort them into a second dropped bucket beside padding's,
+read back with the same one sync).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moebench.moe.routing import Gate, Gating, top_k_gating
 
 DISPATCH_MODES = ("loop", "sorted", "grouped_mm")
 
@@ -52,8 +61,9 @@ class Routing:
     layer: "MoEFeedForward"
     inputs: torch.Tensor  # (N, d) the tokens' inputs to the experts
     router_logits: torch.Tensor  # (N, E)
-    expert_index: torch.Tensor  # (N, k) chosen experts, best first
+    expert_index: torch.Tensor  # (N, k) chosen experts, best first (k_max slots with a gate's mask)
     expert_weight: torch.Tensor  # (N, k) gate weights the outputs were mixed with
+    expert_mask: torch.Tensor | None = None  # (N, k) bool, the slots used (a method's gate); None: all
 
     @property
     def num_experts(self) -> int:
@@ -63,16 +73,36 @@ class Routing:
     def router_probs(self) -> torch.Tensor:  # (N, E)
         return torch.softmax(self.router_logits.float(), dim=-1)
 
+    @property
+    def experts_per_token(self) -> torch.Tensor:  # (N,) how many experts each token used
+        if self.expert_mask is None:
+            return torch.full(self.expert_index.shape[:1], self.expert_index.shape[1], device=self.expert_index.device)
+        return self.expert_mask.sum(dim=1)
+
+    @property
+    def assigned_experts(self) -> torch.Tensor:  # (n,) the expert of every used (token, expert) slot
+        flat = self.expert_index.reshape(-1)
+        return flat if self.expert_mask is None else flat[self.expert_mask.reshape(-1)]
+
+    @property
+    def top1(self) -> torch.Tensor:  # (N,) each token's highest-weight expert; -1 for a token that used none
+        if self.expert_mask is None:
+            return self.expert_index[:, 0]
+        best = self.expert_weight.float().masked_fill(~self.expert_mask, -math.inf).argmax(dim=1, keepdim=True)
+        top = self.expert_index.gather(1, best).squeeze(1)
+        return top.masked_fill(~self.expert_mask.any(dim=1), -1)
+
 
 @dataclass
 class _Plan:
     """Assignments sorted by expert: what one forward's dispatch needs, from one host sync."""
 
-    slots: torch.Tensor  # (n,) flat assignment ids (token * k + j), grouped by expert, padding dropped
+    slots: torch.Tensor  # (n,) flat assignment ids (token * k + j), grouped by expert, padding and unused slots dropped
     tokens: torch.Tensor  # (n,) the token (row of x) of each sorted assignment
     experts: torch.Tensor  # (n,) the expert of each sorted assignment (non-decreasing)
     ends: torch.Tensor  # (E,) on the device: cumulative end of each expert's slice
     counts: list[int] | None  # on the host: assignments per expert (None when not read back)
+    real_slots: int | None = None  # on the host: slots of non-padding tokens, used or not (None when not read back)
 
 
 def _autocast_bf16(device_type: str) -> bool:
@@ -105,25 +135,26 @@ class MoEFeedForward(nn.Module):
         self.top_k = top_k
         self.router_jitter = router_jitter
         self.renormalize = renormalize
-        # Set by MoEModel around each forward; a layer inside a HF encoder cannot take it as an argument.
+        # Set by MoEModel around each forward; a layer inside a HF encoder cannot take them as arguments.
         self.token_mask: torch.Tensor | None = None
+        self.token_ids: torch.Tensor | None = None  # input ids, for gates that route by token (hash)
+        self.gate: Gate | None = None  # a method's router (moebench.moe.routing); None: softmax top-k
         self.last_routing: Routing | None = None
 
     @property
     def num_experts(self) -> int:
         return len(self.experts)
 
-    def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        router_in = x
+    def router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the router's multiplicative jitter while training (gates that use the router call it too)."""
         if self.training and self.router_jitter > 0:
-            noise = torch.empty_like(x).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
-            router_in = x * noise
-        logits = self.router(router_in)  # (N, E)
-        probs = torch.softmax(logits.float(), dim=-1)
-        weight, index = probs.topk(self.top_k, dim=-1)  # (N, k)
-        if self.renormalize:
-            weight = weight / weight.sum(dim=-1, keepdim=True)
-        return logits, index, weight
+            return x * torch.empty_like(x).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
+        return x
+
+    def _route(self, x: torch.Tensor, mask: torch.Tensor | None, token_ids: torch.Tensor | None) -> Gating:
+        if self.gate is not None:
+            return self.gate(self, x, mask, token_ids)
+        return top_k_gating(self.router(self.router_input(x)), self.top_k, self.renormalize)  # logits (T, E)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.dispatch_mode not in DISPATCH_MODES:
@@ -133,54 +164,64 @@ class MoEFeedForward(nn.Module):
         shape = hidden.shape
         x = hidden.reshape(-1, shape[-1])  # (T, d), padding included
         mask = None if self.token_mask is None else self.token_mask.reshape(-1).bool()
+        token_ids = None if self.token_ids is None else self.token_ids.reshape(-1)
         # Routed on every position (the router is d x E, negligible), so that no host sync is
         # needed to count the real tokens first; padding is dropped by the sort below.
-        logits, index, weight = self._route(x)
+        g = self._route(x, mask, token_ids)
         grouped = self.dispatch_mode == "grouped_mm" and self._grouped_supported(x)
         # The one host sync: per-expert counts. Grouped GEMMs take device offsets, so without
-        # padding (all T*k assignments kept, sizes known) they need none at all.
-        plan = self._plan(index, mask, host_counts=not grouped or mask is not None)
+        # padding or unused slots (all T*k assignments kept, sizes known) they need none at all.
+        plan = self._plan(g.index, mask, g.mask, host_counts=not grouped or mask is not None or g.mask is not None)
         if mask is None:
-            self.last_routing = Routing(self, x, logits, index, weight)
+            self.last_routing = Routing(self, x, g.logits, g.index, g.weight, g.mask)
         else:
-            num_real = sum(plan.counts) // self.top_k
+            num_real = plan.real_slots // g.index.shape[1]
             # Real positions in order (a stable sort puts True before False), known count: no sync.
             real = torch.argsort((~mask).to(torch.uint8), stable=True)[:num_real]
-            self.last_routing = Routing(self, x.index_select(0, real), logits.index_select(0, real),
-                                        index.index_select(0, real), weight.index_select(0, real))
-        out = self._dispatch_planned(x, weight.to(x.dtype), plan, grouped)
+            self.last_routing = Routing(self, x.index_select(0, real), g.logits.index_select(0, real),
+                                        g.index.index_select(0, real), g.weight.index_select(0, real),
+                                        None if g.mask is None else g.mask.index_select(0, real))
+        out = self._dispatch_planned(x, g.weight.to(x.dtype), plan, grouped)
         return out.reshape(shape)
 
     def dispatch(self, x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum over each token's k experts of weight * expert(x), with this layer's dispatch_mode;
-        rows where `mask` (T,) is False get zero."""
+                 mask: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over each token's used slots of weight * expert(x), with this layer's dispatch_mode;
+        rows where `mask` (T,) is False get zero; `valid` (T, k): the slots used (None: all)."""
         if self.dispatch_mode == "loop":
             if mask is None:
-                return self._dispatch_loop(x, index, weight)
+                return self._dispatch_loop(x, index, weight, valid)
             keep = mask.nonzero().squeeze(1)
-            out = self._dispatch_loop(x.index_select(0, keep), index.index_select(0, keep), weight.index_select(0, keep))
+            out = self._dispatch_loop(x.index_select(0, keep), index.index_select(0, keep), weight.index_select(0, keep),
+                                      None if valid is None else valid.index_select(0, keep))
             return torch.zeros_like(x).index_copy(0, keep, out)
         grouped = self.dispatch_mode == "grouped_mm" and self._grouped_supported(x)
-        return self._dispatch_planned(x, weight, self._plan(index, mask, not grouped or mask is not None), grouped)
+        plan = self._plan(index, mask, valid, not grouped or mask is not None or valid is not None)
+        return self._dispatch_planned(x, weight, plan, grouped)
 
     # ---- sorted / grouped dispatch ------------------------------------------------------
-    def _plan(self, index: torch.Tensor, mask: torch.Tensor | None, host_counts: bool = True) -> _Plan:
+    def _plan(self, index: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None = None,
+              host_counts: bool = True) -> _Plan:
         num_tokens, k = index.shape
         num_experts = self.num_experts
         flat = index.reshape(-1)  # (T*k,) assignment token*k + j -> expert
-        if mask is not None:  # padding goes to an extra bucket, sorted last and dropped
-            flat = flat.masked_fill(~mask.unsqueeze(1).expand(num_tokens, k).reshape(-1), num_experts)
+        # Two extra buckets, sorted last and dropped: a real token's unused slots (E), padding (E + 1).
+        # Their boundary gives the real-token count, so it needs no sync of its own.
+        if valid is not None:
+            flat = flat.masked_fill(~valid.reshape(-1), num_experts)
+        if mask is not None:
+            flat = flat.masked_fill(~mask.unsqueeze(1).expand(num_tokens, k).reshape(-1), num_experts + 1)
         sorted_experts, slots = torch.sort(flat, stable=True)
-        buckets = torch.arange(num_experts, device=flat.device, dtype=flat.dtype)
-        ends = torch.searchsorted(sorted_experts, buckets, right=True)  # (E,) cumulative ends
-        if not host_counts:  # no padding: every assignment is kept, nothing to read back
+        buckets = torch.arange(num_experts + 1, device=flat.device, dtype=flat.dtype)
+        bounds = torch.searchsorted(sorted_experts, buckets, right=True)  # (E + 1,) cumulative ends
+        ends = bounds[:num_experts]
+        if not host_counts:  # no padding, every slot used: every assignment is kept, nothing to read back
             return _Plan(slots, torch.div(slots, k, rounding_mode="floor"), sorted_experts, ends, None)
-        ends_host = ends.tolist()  # THE host sync of this layer's forward
-        counts = [ends_host[0]] + [b - a for a, b in zip(ends_host, ends_host[1:])]
-        n = ends_host[-1]
+        bounds_host = bounds.tolist()  # THE host sync of this layer's forward
+        counts = [bounds_host[0]] + [b - a for a, b in zip(bounds_host[:num_experts], bounds_host[1:num_experts])]
+        n = bounds_host[num_experts - 1]
         slots = slots[:n]
-        return _Plan(slots, torch.div(slots, k, rounding_mode="floor"), sorted_experts[:n], ends, counts)
+        return _Plan(slots, torch.div(slots, k, rounding_mode="floor"), sorted_experts[:n], ends, counts, bounds_host[-1])
 
     def _dispatch_planned(self, x: torch.Tensor, weight: torch.Tensor, plan: _Plan, grouped: bool) -> torch.Tensor:
         out = torch.zeros_like(x)
@@ -241,22 +282,25 @@ class MoEFeedForward(nn.Module):
     def _forward_loop(self, hidden: torch.Tensor) -> torch.Tensor:
         shape = hidden.shape
         x_all = hidden.reshape(-1, shape[-1])  # (B*S, d)
+        ids = None if self.token_ids is None else self.token_ids.reshape(-1)
         if self.token_mask is not None:
-            token_ids = self.token_mask.reshape(-1).nonzero().squeeze(1)  # (N,) non-padding positions
-            x = x_all.index_select(0, token_ids)
+            positions = self.token_mask.reshape(-1).nonzero().squeeze(1)  # (N,) non-padding positions
+            x = x_all.index_select(0, positions)
+            ids = None if ids is None else ids.index_select(0, positions)
         else:
-            token_ids, x = None, x_all
-        logits, index, weight = self._route(x)
-        self.last_routing = Routing(self, x, logits, index, weight)
-        out = self._dispatch_loop(x, index, weight.to(x.dtype))  # (N, d)
-        if token_ids is not None:
-            out = torch.zeros_like(x_all).index_copy(0, token_ids, out)
+            positions, x = None, x_all
+        g = self._route(x, None, ids)
+        self.last_routing = Routing(self, x, g.logits, g.index, g.weight, g.mask)
+        out = self._dispatch_loop(x, g.index, g.weight.to(x.dtype), g.mask)  # (N, d)
+        if positions is not None:
+            out = torch.zeros_like(x_all).index_copy(0, positions, out)
         return out.reshape(shape)
 
-    def _dispatch_loop(self, x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _dispatch_loop(self, x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
         """Expert by expert: one nonzero() (a host sync on CUDA) per expert."""
         k = index.shape[1]
-        flat_expert = index.reshape(-1)  # (N*k,)
+        flat_expert = index.reshape(-1) if valid is None else index.masked_fill(~valid, -1).reshape(-1)  # (N*k,)
         flat_token = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
         flat_weight = weight.reshape(-1)
         out = torch.zeros_like(x)

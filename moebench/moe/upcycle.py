@@ -348,11 +348,12 @@ class MoEModel(nn.Module):
             mask = None  # no padding: skip the gather/scatter of real tokens in every layer
         for layer in self.moe_layers:
             layer.token_mask = None if mask is None else mask.bool()
+            layer.token_ids = batch.get("input_ids")  # for gates that route by token id (hash routing)
         try:
             output = self.hf_model(**batch)
         finally:
             for layer in self.moe_layers:
-                layer.token_mask = None
+                layer.token_mask = layer.token_ids = None
         routing = [layer.last_routing for layer in self.moe_layers]
         for layer in self.moe_layers:
             layer.last_routing = None  # hand the tensors over; keep no graph alive between steps
