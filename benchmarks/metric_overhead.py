@@ -29,6 +29,7 @@ import time
 from collections import Counter
 
 import numpy as np
+from interleave import interleaved_times
 
 from moebench.metric import load, shipped
 from moebench.registry import TASKS
@@ -110,13 +111,7 @@ def interleaved(steps: dict, rounds: int) -> dict[str, float]:
     results = {name: step() for name, step in steps.items()}
     first = next(iter(results.values()))
     assert all(r == first for r in results.values()), results
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in interleaved_times(steps, rounds).items()}
 
 
 def report(title: str, medians: dict[str, float]) -> None:
