@@ -407,9 +407,17 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         train_examples=len(train_features),
         select_examples=len(select_examples),
         report_examples=sum(len(examples) for examples in report_examples.values()),
-        **{f"params_{k}": v for k, v in model.num_parameters().items()},
+        **{f"params_{k}": v for k, v in model.num_parameters(measured_experts_per_token(model, kept)).items()},
     )
     return TrialResult(final, outcomes_by_epoch[chosen])
+
+
+def measured_experts_per_token(model: MoEModel, metrics: dict[str, float]) -> list[float] | None:
+    """Each MoE layer's experts per token on the probe at the kept epoch, where a method's gate
+    chose them (hash: 1, remoe: any number); None for plain top-k, where it is top_k by definition."""
+    if not any(layer.gate is not None for layer in model.moe_layers):
+        return None
+    return [metrics[f"diagnostics/layer{i}/experts_per_token"] for i in model.moe_layer_indices]
 
 
 def select_metric_name(task) -> str:

@@ -164,6 +164,27 @@ def test_hash_routes_by_token_id_with_no_router_gradient(tiny_model_dir):
     assert int(load.max() - load.min()) <= int(counts.max())
 
 
+def test_active_parameters_follow_the_measured_experts_per_token(tiny_model_dir):
+    """A gate decides how many experts a token uses (hash: 1 of 4, where --top-k says 2), so the
+    trial counts active parameters from the probe's experts per token, not from top-k."""
+    from moebench.train import measured_experts_per_token
+
+    method = Hash(Hash.Params(mode="random"))
+    model = tiny_moe(tiny_model_dir, method)
+    layers = len(model.moe_layers)
+    per_expert = sum(p.numel() for p in model.moe_layers[0].experts[0].parameters())
+    by_top_k = model.num_parameters()
+    measured = model.num_parameters([1.0] * layers)
+    assert measured["total"] == by_top_k["total"]
+    assert by_top_k["active_per_token"] - measured["active_per_token"] == layers * per_expert  # 2 experts -> 1
+    assert model.num_parameters([float(layer.top_k) for layer in model.moe_layers]) == by_top_k
+    metrics = {f"diagnostics/layer{i}/experts_per_token": 1.0 for i in model.moe_layer_indices}
+    assert measured_experts_per_token(model, metrics) == [1.0] * layers
+    for layer in model.moe_layers:
+        layer.gate = None
+    assert measured_experts_per_token(model, metrics) is None  # plain top-k: k by definition
+
+
 def test_random_hash_draws_a_map_per_layer_and_needs_no_data(tiny_model_dir):
     method = Hash(Hash.Params(mode="random"))
     model = tiny_moe(tiny_model_dir, method)

@@ -359,15 +359,20 @@ class MoEModel(nn.Module):
             layer.last_routing = None  # hand the tensors over; keep no graph alive between steps
         return output, routing
 
-    def num_parameters(self) -> dict[str, int]:
-        """total, and active_per_token: all but the experts a token is not routed to. Where the
-        experts of a layer differ in size ("split" with d_ff - share_neurons not divisible by E,
-        by one neuron), a token is counted with the k largest: an upper bound."""
+    def num_parameters(self, experts_per_token: list[float] | None = None) -> dict[str, int]:
+        """total, and active_per_token: all but the experts a token is not routed to. A token uses
+        top_k experts, or, where a method's gate decides (0..E per token), `experts_per_token[i]`
+        of layer i as measured, counted at the mean expert size. Where the experts of a layer
+        differ in size ("split" with d_ff - share_neurons not divisible by E, by one neuron), top-k
+        counts the k largest: an upper bound."""
         total = sum(p.numel() for p in self.parameters())
         inactive = 0
-        for layer in self.moe_layers:
+        for i, layer in enumerate(self.moe_layers):
             sizes = sorted((sum(p.numel() for p in expert.parameters()) for expert in layer.experts), reverse=True)
-            inactive += sum(sizes[layer.top_k:])
+            if experts_per_token is None:
+                inactive += sum(sizes[layer.top_k:])
+            else:
+                inactive += round(sum(sizes) * (1 - experts_per_token[i] / len(sizes)))
         return {"total": total, "active_per_token": total - inactive}
 
 
