@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
     board.add_argument("--format", type=comma_list, default=["md", "csv", "png"],
                        help="comma list of md, csv, tex, html, png (plots) (default: md,csv,png)")
+    ui = commands.add_parser("ui", help="open MLflow's web UI on an experiment (its store, or a tracking server's own UI)")
+    ui.add_argument("--experiment", default="moebench")
+    ui.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is")
+    ui.add_argument("--tracking-uri", default=None, help="an http(s) server: its address is printed, it has a UI already")
+    ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
     return parser
 
 
@@ -435,6 +441,53 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return print_leaderboard(uri, args.experiment, output, tuple(args.format), args.baseline)
 
 
+def command_ui(args: argparse.Namespace) -> int:
+    """MLflow's UI on the experiment's store, started as `mlflow ui` and kept until Ctrl-C; for a
+    tracking server, its own address (the server already serves the UI)."""
+    import subprocess
+    import time
+    import urllib.request
+
+    uri = args.tracking_uri or "sqlite:///" + os.path.join(os.path.abspath(args.output_dir), "mlflow.db")
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {uri.rstrip('/')}/#/experiments (experiment {args.experiment!r}; the server serves it)")
+        return 0
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(uri).get_experiment_by_name(args.experiment)
+    if experiment is None:
+        names = [e.name for e in MlflowClient(uri).search_experiments()]
+        raise UsageError(f"no experiment {args.experiment!r} in {uri}; it holds: {', '.join(names) or '(none)'}")
+    address = f"http://{args.host}:{args.port}"
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+                               "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # the first start migrates nothing, but imports all of MLflow's server
+        while True:
+            if server.poll() is not None:
+                reason = (server.stderr.read().strip().splitlines() or ["no output"])[-1]
+                raise UsageError(f"mlflow ui stopped at once ({reason}); is port {args.port} in use? give --port")
+            try:
+                urllib.request.urlopen(address, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UsageError(f"mlflow ui did not answer at {address} within 120 s") from None
+                time.sleep(0.5)
+        print(f"MLflow UI: {address}/#/experiments/{experiment.experiment_id} (experiment {args.experiment!r}; Ctrl-C stops it)",
+              flush=True)
+        server.wait()
+        return server.returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def command_list(args: argparse.Namespace) -> int:
     from moebench.registry import METHODS, TASKS
 
@@ -458,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.run_actions = parser.run_actions
     args.command_line = shlex.join(["moebench", *argv])  # logged with every run, printed with leaderboards
-    commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard}
+    commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard, "ui": command_ui}
     try:
         return commands[args.command](args)
     except UsageError as error:
