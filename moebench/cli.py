@@ -444,6 +444,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 def command_ui(args: argparse.Namespace) -> int:
     """MLflow's UI on the experiment's store, started as `mlflow ui` and kept until Ctrl-C; for a
     tracking server, its own address (the server already serves the UI)."""
+    import signal
     import subprocess
     import time
     import urllib.request
@@ -460,6 +461,12 @@ def command_ui(args: argparse.Namespace) -> int:
     if experiment is None:
         names = [e.name for e in MlflowClient(uri).search_experiments()]
         raise UsageError(f"no experiment {args.experiment!r} in {uri}; it holds: {', '.join(names) or '(none)'}")
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Set, not inherited: a process started in the background by a shell ignores SIGINT from birth
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     address = f"http://{args.host}:{args.port}"
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                                "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
