@@ -1,4 +1,4 @@
-"""moebench command line: run, list, leaderboard.
+"""moebench command line: run, list, leaderboard, status, ui.
 
 Heavy libraries (torch, ray, mlflow) are imported inside the commands, so `--help` and
 `list` answer at once. Bad input ends in one line on stderr and exit code 2.
@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
     board.add_argument("--format", type=comma_list, default=["md", "csv", "png"],
                        help="comma list of md, csv, tex, html, png (plots) (default: md,csv,png)")
+    status = commands.add_parser("status", help="show a sweep's trials from MLflow, from any process: running ones with "
+                                 "progress and ETA, finished ones with scores, failures with reasons")
+    status.add_argument("--experiment", default="moebench")
+    status.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is")
+    status.add_argument("--tracking-uri", default=None)
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="show it again every SECONDS until no sweep runs it")
     ui = commands.add_parser("ui", help="open MLflow's web UI on an experiment (its store, or a tracking server's own UI)")
     ui.add_argument("--experiment", default="moebench")
     ui.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is")
@@ -356,6 +362,7 @@ def command_run(args: argparse.Namespace) -> int:
           f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
     import signal
 
+    from moebench.journal import left_behind, replay_journal
     from moebench.lease import describe, experiment_lease
     from moebench.sweep import StopSignals, SweepSummary, run_sweep
     from moebench.tracking import previous_runs
@@ -369,6 +376,7 @@ def command_run(args: argparse.Namespace) -> int:
     with StopSignals() as stop:
         try:
             with experiment_lease(uri, cfg.experiment, args.command_line, on_lost=lease_lost):
+                replay_journal(uri, cfg.experiment, cfg.output_dir)  # what an earlier sweep could not log, before resuming
                 finished, stale = previous_runs(uri, cfg.experiment, {t.fingerprint() for t in trials})
                 todo = [t for t in trials if t.fingerprint() not in finished]
                 if finished or stale:
@@ -380,6 +388,9 @@ def command_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # a signal outside Tune's fit(): before the sweep started, or after
             summary = summary or SweepSummary()
             summary.interrupted = stop.signum or signal.SIGINT
+    left = left_behind(cfg.output_dir, cfg.experiment)  # MLflow calls a tracking server that went away never took
+    if left:
+        print(left, file=sys.stderr)
     # A board is written only for a complete sweep: a partial one could be read, and cited, as the result.
     if summary and summary.interrupted:
         done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
@@ -389,6 +400,8 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"\nmoebench: the sweep stopped before all trials ended ({summary.aborted}). "
               f"{len(summary.finished)} trials FINISHED are kept in MLflow; rerun the same command to run the rest.",
               file=sys.stderr)
+        return 1
+    if left:  # a board now would miss those runs
         return 1
     status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"), baseline=args.baseline)
     if summary and summary.failed:
@@ -495,6 +508,38 @@ def command_ui(args: argparse.Namespace) -> int:
             server.wait(timeout=30)
 
 
+def command_status(args: argparse.Namespace) -> int:
+    """The live view of a sweep, read from MLflow: once, or with --watch until no sweep runs it
+    (redrawn in place on a terminal, printed again elsewhere)."""
+    import shutil
+    import time
+
+    from moebench.config import RunConfig
+    from moebench.live import Block, status
+
+    if args.watch is not None and args.watch <= 0:
+        raise UsageError(f"--watch {args.watch:g}: give a number of seconds above 0")
+    uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
+    terminal = sys.stdout.isatty()
+    block = Block(sys.stdout)
+    try:
+        while True:
+            lines, live = status(uri, args.experiment, height=shutil.get_terminal_size().lines - 1 if terminal else None)
+            if terminal and args.watch is not None:
+                block.draw(lines)
+            else:
+                print("\n".join(lines), flush=True)
+            if args.watch is None or not live:
+                return 0
+            time.sleep(args.watch)
+            if not terminal:
+                print()
+    except KeyboardInterrupt:  # the way out of --watch
+        return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     from moebench.registry import METHODS, TASKS
 
@@ -518,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.run_actions = parser.run_actions
     args.command_line = shlex.join(["moebench", *argv])  # logged with every run, printed with leaderboards
-    commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard, "ui": command_ui}
+    commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard, "ui": command_ui,
+                "status": command_status}
     try:
         return commands[args.command](args)
     except UsageError as error:

@@ -116,9 +116,14 @@ class TagStore:
         self.client.delete_experiment_tag(self.experiment_id, TAG_LEASE)
 
 
+def file_name(experiment: str) -> str:
+    """The experiment's name as a file name part: readable, and distinct for distinct names."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", experiment)[:80] + "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+
+
 def lease_store(tracking_uri: str, experiment: str):
     """A file beside a local store (SQLite or an mlruns folder); an experiment tag elsewhere."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)[:80] + "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    name = file_name(experiment)
     if tracking_uri.startswith("sqlite:///"):
         return FileStore(f"{os.path.abspath(tracking_uri.removeprefix('sqlite:///'))}.lease-{name}.json")
     if tracking_uri.startswith("file:") or ("://" not in tracking_uri and not tracking_uri.startswith("databricks")):
@@ -162,6 +167,8 @@ class Lease:
         self._thread.start()
 
     def _beat(self) -> None:
+        # A tracking server that goes away fails a beat in seconds (moebench.journal bounds
+        # MLflow's retries); the lease is kept and the next beat after it answers refreshes it.
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 with self.store.locked():
@@ -176,13 +183,22 @@ class Lease:
                 continue
 
     def release(self) -> None:
+        from moebench.journal import unreachable
+
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        with self.store.locked():
-            holder = self.store.read()
-            if holder and holder["token"] == self.mine["token"]:
-                self.store.delete()
+        try:
+            with self.store.locked():
+                holder = self.store.read()
+                if holder and holder["token"] == self.mine["token"]:
+                    self.store.delete()
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            # the tag stays; its heartbeat stops, so the next sweep takes it over (at once on this host)
+            print(f"moebench: could not let go of the lease on experiment {self.experiment!r}: the tracking server does "
+                  "not answer; the next sweep takes it over", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -2,10 +2,10 @@
 
 The config dataclasses (moebench.config, MoEConfig) check each value on its own; this module
 checks the values against the world: the model (its config.json, read without loading any
-weights), what local Ray could ever schedule, whether the upcycled model fits in memory, and
-whether the tracking store and the output directory can be written. Every check raises a
-UsageError naming the value, so `moebench run` ends with one line and exit code 2 before it
-creates an output directory, an MLflow store or a Ray session.
+weights), the Ray address (Ray Client is refused), what local Ray could ever schedule, whether
+the upcycled model fits in memory, and whether the tracking store and the output directory can
+be written. Every check raises a UsageError naming the value, so `moebench run` ends with one
+line and exit code 2 before it creates an output directory, an MLflow store or a Ray session.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def check_environment(cfg) -> dict:
     """Every check of this module for one run configuration; returns the model's config.json."""
     from moebench.moe.upcycle import default_model_path
 
+    check_address(cfg.address)
     check_output_dir(cfg.output_dir)
     check_tracking_uri(cfg.resolved_tracking_uri())
     if cfg.address is None:  # a cluster's resources are the cluster's to judge
@@ -168,6 +169,20 @@ def check_model_options(cfg, config: dict, model: str) -> None:
                 check_split_sizes(d_ff, moe)
             elif mode == "drop":
                 num_dropped_neurons(d_ff, moe)
+
+
+# ---- the Ray cluster --------------------------------------------------------------------------
+
+def check_address(address: str | None) -> None:
+    """Refuse Ray Client (ray://HOST:10001), given as --address or, without it, in $RAY_ADDRESS,
+    which ray.init() reads. Under Ray Client, Tune's controller runs on the cluster's head: the
+    MLflow callback and the sweep's summary would be pickled copies acting there, not in this
+    process, which is MLflow's only writer and prints the summary."""
+    given, value = ("--address", address) if address else ("$RAY_ADDRESS", os.environ.get("RAY_ADDRESS", ""))
+    if value.strip().lower().startswith("ray://"):
+        raise UsageError(f"{given} {value}: Ray Client (ray://) is not supported, since Tune would run the sweep and its "
+                         "MLflow logging on the cluster's head instead of here; run moebench on a node of the cluster "
+                         "with --address HOST:PORT (the head's GCS address, port 6379 by default) or --address auto")
 
 
 # ---- this machine -----------------------------------------------------------------------------

@@ -8,33 +8,70 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from moebench.config import RunConfig, TrialConfig
+from moebench.live import LiveView, distinct_labels, mark_sweep
 from moebench.registry import TASKS
 from moebench.tracking import MLflowCallback
 
 
 def tune_trial(config: dict) -> None:
-    """The Ray Tune trainable: one trial, reporting each epoch and then its final metrics, the
-    selected epoch's report predictions, and what ran, read here in the worker: on a cluster,
-    or after an edit mid-sweep, the code a worker imported need not be the driver's."""
+    """The Ray Tune trainable: one trial, reporting its progress every few seconds, each epoch,
+    and then its final metrics, the selected epoch's report predictions, and what ran, read here
+    in the worker: on a cluster, or after an edit mid-sweep, the code a worker imported need not
+    be the driver's."""
     import dataclasses
     import json
+    import time
 
+    start = time.perf_counter()  # the trial's own clock: what a worker spent on it, driver and Ray excluded
     from ray import tune
 
     from moebench.provenance import code_provenance
-    from moebench.train import run_trial
+    from moebench.train import PROGRESS_EVERY_S, run_trial
 
     threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
     torch.set_num_threads(max(1, threads))
-    result = run_trial(TrialConfig.from_dict(config["trial"]), report=tune.report, progress=False)
+    spec = TrialConfig.from_dict(config["trial"])
+    require_installed(spec)
+    result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S)
     outcomes = {suffix: dataclasses.asdict(o) for suffix, o in result.report_outcomes.items()}
-    tune.report({**{f"final/{k}": v for k, v in result.metrics.items()},
+    tune.report({**{f"final/{k}": v for k, v in result.metrics.items()}, "final/trial_time_s": time.perf_counter() - start,
                  **{f"info/{k}": v for k, v in code_provenance().items()},
-                 "info/hardware": hardware(), "info/node": os.uname().nodename,
+                 "info/hardware": hardware(), "info/node": os.uname().nodename, "info/node_id": ray_node_id(),
                  "outcomes/report": json.dumps(outcomes, separators=(",", ":"))})
+
+
+class NotInstalledError(RuntimeError):
+    """A trial's method or task that the driver has but this worker's node does not."""
+
+
+def ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def require_installed(spec: TrialConfig) -> None:
+    """Look up the trial's method and task on this worker. The driver checked the names against
+    its own installation, but Ray ships neither the driver's installed packages nor its
+    PYTHONPATH to a node (only its working directory joins the workers' sys.path): a plugin
+    missing on a node would end the trial as an "unknown method" the driver had accepted. The
+    message is one line, the run's moebench.error tag."""
+    from moebench.errors import UsageError
+    from moebench.registry import METHODS
+
+    for registry, name in ((METHODS, spec.method), (TASKS, spec.task)):
+        try:
+            registry.get(name)
+        except (UsageError, ImportError) as error:
+            where = f"node {os.uname().nodename} ({ray_node_id()})"
+            if isinstance(error, UsageError):
+                problem = f"{registry.kind} {name!r} is not installed on {where}"
+            else:  # its entry point is there, but not its module or a dependency
+                detail = " ".join(f"{type(error).__name__}: {error}".split())
+                problem = f"{registry.kind} {name!r} cannot be imported on {where} ({detail})"
+            raise NotInstalledError(f"{problem}: install the plugin on every node of the cluster") from error
 
 
 def hardware() -> str:
@@ -158,27 +195,29 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
 
     stop = stop or StopSignals()
     summary = SweepSummary()
-    bar = tqdm(total=len(trials), desc="trials", unit="trial")
+    view = LiveView(len(trials))
+    labels = dict(zip((t.fingerprint() for t in trials), distinct_labels([(trial_label(t), t.config_id()) for t in trials])))
 
     def on_event(kind: str, spec: TrialConfig, payload) -> None:
-        label = trial_label(spec)
-        if kind == "result" and "epoch" in payload:
-            bar.write(f"{label} epoch {payload['epoch']}: select {payload['select/main_score']:.4f}, "
-                      f"report {payload['report/main_score']:.4f}, train loss {payload['train/loss']:.4f}")
-        elif kind == "complete":
+        label = labels.get(spec.fingerprint(), trial_label(spec))
+        if kind == "complete":
             summary.finished.append(label)
-            bar.update(1)
         elif kind == "stopped":
             summary.stopped.append(label)
-            bar.write(f"{label} stopped early by ASHA after epoch {payload}")
-            bar.update(1)
         elif kind == "error":
             summary.failed.append((label, payload))
-            bar.write(f"{label} FAILED: {payload}")
-            bar.update(1)
+        view.on_event(kind, label, payload)
+
+    class Tick(tune.Callback):
+        """Tune's loop steps several times a second: the view's clock and ETAs move between results."""
+
+        def on_step_end(self, iteration, trials, **info):
+            view.tick()
 
     output_dir = os.path.abspath(cfg.output_dir)
-    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, os.path.join(output_dir, "artifacts"), on_event, command,
+    artifact_dir = os.path.join(output_dir, "artifacts")
+    mark_sweep(cfg.resolved_tracking_uri(), cfg.experiment, artifact_dir, len(trials), view.started)
+    callback = MLflowCallback(cfg.resolved_tracking_uri(), cfg.experiment, artifact_dir, on_event, command,
                               stopping=lambda: stop.signum is not None)
     os.environ["MOEBENCH_TRIAL_THREADS"] = str(max(1, int(cfg.cpus_per_trial)))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -199,7 +238,7 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
             run_config=tune.RunConfig(
                 name=cfg.experiment,
                 storage_path=os.path.join(output_dir, "ray"),
-                callbacks=[callback],
+                callbacks=[callback, Tick()],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
@@ -215,8 +254,9 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
     finally:
         stop.in_fit = False
         # Tune stops the trials still running without a callback: their runs would stay RUNNING.
-        callback.close_open_runs(signal.Signals(stop.signum).name if stop.signum else "the sweep stopped")
-        bar.close()
+        why = signal.Signals(stop.signum).name if stop.signum else "the sweep stopped"
+        callback.close_open_runs(why)
+        view.close(f"interrupted: {why} before the trial ended")
         ray.shutdown()
     ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
     if keyboard_interrupt or (stop.signum and ended < len(trials)):

@@ -55,6 +55,10 @@ def sqlite_setup_lock(tracking_uri: str):
 def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str | None = None):
     from mlflow.tracking import MlflowClient
 
+    from moebench.journal import bound_http_retries, is_server
+
+    if is_server(tracking_uri):
+        bound_http_retries()  # a server that goes away costs the driver seconds, not minutes per call
     with sqlite_setup_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
         found = client.get_experiment_by_name(experiment)
@@ -131,9 +135,16 @@ def split_roles(spec: TrialConfig, task) -> str:
 
 
 class MLflowCallback(tune.Callback):
+    """Each trial's MLflow run. Its client is a moebench.journal.BufferedClient: while a tracking
+    server is away, calls are queued in order (and in `journal`, by default beside the artifact
+    directory, i.e. under the output directory) and replayed when it answers again."""
+
     def __init__(self, tracking_uri: str, experiment: str, artifact_dir: str | None = None, on_event=None, command: str = "",
-                 stopping=None):
+                 stopping=None, journal: str | None = None):
+        from moebench.journal import journal_path
+
         self.tracking_uri, self.experiment, self.artifact_dir = tracking_uri, experiment, artifact_dir
+        self.journal = journal or journal_path(os.path.dirname(os.path.abspath(artifact_dir)) if artifact_dir else ".", experiment)
         self.command = command
         self.on_event = on_event or (lambda kind, trial, payload: None)
         self.stopping = stopping or (lambda: False)  # True once a signal asked the sweep to stop
@@ -145,7 +156,14 @@ class MLflowCallback(tune.Callback):
         self._history: dict[str, list[dict]] = {}  # per-epoch results, saved with the run when it ends
 
     def setup(self, **info):
-        self._client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
+        from moebench.journal import BufferedClient
+
+        client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
+        self._client = BufferedClient(client, self.tracking_uri, self.experiment, self.journal)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._client is not None:
+            self._client.retry()  # calls queued while the server was away: logged once it answers (a look every few s)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         from moebench.metric import metric_tags
@@ -188,6 +206,11 @@ class MLflowCallback(tune.Callback):
             epoch = {k: float(v) for k, v in result.items() if k.startswith(EPOCH_PREFIXES)}
             self._history.setdefault(trial.trial_id, []).append({"epoch": step, **epoch})
             metrics = [Metric(k, v, timestamp, step) for k, v in epoch.items()]
+        elif "progress/step" in result:
+            # Where the trial stands mid-epoch (every few seconds), at step = the optimizer step, so
+            # `moebench status` in another process can show it; not a result of the trial.
+            step = int(result["progress/step"])
+            metrics = [Metric(k, float(v), timestamp, step) for k, v in result.items() if k.startswith("progress/")]
         else:
             metrics = [Metric(k.removeprefix("final/"), float(v), timestamp, 0) for k, v in result.items() if k.startswith("final/")]
             self._final_logged.add(trial.trial_id)
@@ -249,3 +272,7 @@ class MLflowCallback(tune.Callback):
             self._client.set_tag(run_id, TAG_ERROR, f"interrupted: {why} before the trial ended")
             self._client.set_tag(run_id, TAG_INTERRUPTED, why)
             self._client.set_terminated(run_id, "KILLED")
+        if self._client is not None:  # calls still queued for a server that went away: wait for it (not after a signal)
+            from moebench.journal import wait_s
+
+            self._client.drain(0.0 if self.stopping() else wait_s())

@@ -271,6 +271,9 @@ CASES = [
     ("squad-no-data", squad(b'{"version": "1.1"}'), "dev-v1.1.json: no top-level 'data' list"),
     ("squad-no-questions", squad(b'{"data": []}'), "dev-v1.1.json: no questions"),
     ("data-dir-a-file", lambda tmp, data: ["--data-dir", a_file(tmp)], "is not a directory"),
+    # the Ray cluster: Ray Client would run Tune, and with it the MLflow logging, on the head
+    ("address-ray-client", ["--address", "ray://head:10001"], "--address ray://head:10001: Ray Client (ray://) is not supported"),
+    ("address-ray-client-upper-case", ["--address", "RAY://head:10001"], "run moebench on a node of the cluster with --address HOST:PORT"),
     # where results go
     ("tracking-unknown-scheme", ["--tracking-uri", "mongodb://localhost/runs"], "MLflow has no tracking store for mongodb://"),
     ("tracking-typo-scheme", ["--tracking-uri", "sqlit:///x.db"], "MLflow has no tracking store for sqlit://"),
@@ -333,6 +336,14 @@ def test_an_unwritable_output_dir(data_dir, capsys):
     # /proc refuses new entries to every user, root included (a 0o555 folder would not stop root)
     assert_refused([*BASE, "--data-dir", data_dir, "--output-dir", "/proc/moebench-out"], capsys, "/proc is not writable")
     assert not os.path.exists("/proc/moebench-out")
+
+
+def test_ray_client_in_ray_address(tmp_path, data_dir, capsys, monkeypatch):
+    """Without --address, ray.init() reads $RAY_ADDRESS: a ray:// there is refused the same way."""
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert_refused([*BASE, "--data-dir", data_dir, "--output-dir", str(tmp_path / "out")], capsys,
+                   "$RAY_ADDRESS ray://head:10001: Ray Client (ray://) is not supported")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("repo, cached, expected", [

@@ -1,5 +1,6 @@
 """The real CLI, through Ray Tune and MLflow, on two GLUE tasks of the shared data."""
 import os
+import re
 import subprocess
 import sys
 
@@ -19,10 +20,18 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
                "--lr", "1e-3", "--experiment", "e2e", "--output-dir", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # not a terminal: the live view prints plain lines; 2 steps an epoch, a progress report at least at each epoch's end
+    assert "vanilla/rte/seed0 started (" in result.stdout and "\x1b" not in result.stdout
+    assert re.search(r"^load_balancing/stsb/seed1 epoch 1/2  step [12]/4 .* ETA ", result.stdout, re.M), result.stdout[-3000:]
+    assert re.search(r"^vanilla/stsb/seed0 epoch 2: select ", result.stdout, re.M)
+    assert re.search(r"^vanilla/rte/seed1 finished: report 0\.\d{4} \(select ", result.stdout, re.M)
+    assert "  [8 of 8 done, elapsed " in result.stdout
 
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["e2e"])
     assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs["run_id"].iloc[0], "progress/step")]
+    assert steps == sorted(steps) and steps[-1] == 4 and (runs["metrics.progress/total"] == 4).all()  # for `moebench status`
     assert set(zip(runs["params.method"], runs["params.task"], runs["params.seed"])) == {
         (m, t, s) for m in ("vanilla", "load_balancing") for t in ("rte", "stsb") for s in ("0", "1")}
     assert (runs["params.moe.num_experts"] == "4").all() and (runs["params.train.lr"] == "0.001").all()
