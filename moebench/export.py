@@ -38,8 +38,11 @@ def records_from_mlflow(tracking_uri: str, experiment: str, artifacts: bool = Tr
             "status": run.info.status,
             "start_time": run.info.start_time,
             "params": dict(sorted(run.data.params.items())),
-            "tags": {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.") or k == "mlflow.runName"},
-            "metrics": dict(sorted(run.data.metrics.items())),
+            # moebench.run_token: a random id only the tracking journal needs (moebench.journal)
+            "tags": {k: v for k, v in sorted(run.data.tags.items())
+                     if (not k.startswith("mlflow.") or k == "mlflow.runName") and k != "moebench.run_token"},
+            # progress/* only said where a running trial stood: nothing a board reads
+            "metrics": dict(sorted((k, v) for k, v in run.data.metrics.items() if not k.startswith("progress/"))),
             "history": read(HISTORY) or [],
             "report_outcomes": read(REPORT_OUTCOMES),
         })
