@@ -233,7 +233,9 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
         tuner = tune.Tuner(
             tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
             param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
-            tune_config=tune.TuneConfig(scheduler=grouped_asha(cfg.train.epochs, {t: TASKS.get(t).higher_is_better for t in cfg.tasks})
+            # A worker process runs trial after trial: no process start and no torch import per trial
+            # (run_trial sets every global it depends on: seeds, threads, determinism).
+            tune_config=tune.TuneConfig(reuse_actors=True, scheduler=grouped_asha(cfg.train.epochs, {t: TASKS.get(t).higher_is_better for t in cfg.tasks})
                                         if cfg.scheduler == "asha" else None),
             run_config=tune.RunConfig(
                 name=cfg.experiment,
