@@ -28,13 +28,17 @@ def tune_trial(config: dict) -> None:
     from ray import tune
 
     from moebench.provenance import code_provenance
+    from moebench.task import forget_loaded_examples
     from moebench.train import PROGRESS_EVERY_S, run_trial
 
     threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
     torch.set_num_threads(max(1, threads))
     spec = TrialConfig.from_dict(config["trial"])
     require_installed(spec)
-    result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S)
+    try:
+        result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S)
+    finally:  # the worker runs other trials next (reuse_actors): it must not keep every split it read
+        forget_loaded_examples()
     outcomes = {suffix: dataclasses.asdict(o) for suffix, o in result.report_outcomes.items()}
     tune.report({**{f"final/{k}": v for k, v in result.metrics.items()}, "final/trial_time_s": time.perf_counter() - start,
                  **{f"info/{k}": v for k, v in code_provenance().items()},
