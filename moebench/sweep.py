@@ -37,13 +37,29 @@ def tune_trial(config: dict) -> None:
     require_installed(spec)
     try:
         result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S)
-    finally:  # the worker runs other trials next (reuse_actors): it must not keep every split it read
+    finally:  # the worker runs other trials next (reuse_actors): nothing of this one may stay
         forget_loaded_examples()
+        release_memory()
     outcomes = {suffix: dataclasses.asdict(o) for suffix, o in result.report_outcomes.items()}
     tune.report({**{f"final/{k}": v for k, v in result.metrics.items()}, "final/trial_time_s": time.perf_counter() - start,
                  **{f"info/{k}": v for k, v in code_provenance().items()},
                  "info/hardware": hardware(), "info/node": os.uname().nodename, "info/node_id": ray_node_id(),
                  "outcomes/report": json.dumps(outcomes, separators=(",", ":"))})
+
+
+def release_memory() -> None:
+    """Give back what a finished trial held. Its model and optimizer sit in reference cycles
+    that Python's collector, counting objects rather than bytes, may not reach before the next
+    trial, and glibc keeps freed heap pages: a worker that had run 3 MiniLM trials held 6.5 GB
+    and Ray's memory monitor killed it; with this, 4 trials in one process end at 0.55 GB each."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator decides
+        pass
 
 
 class NotInstalledError(RuntimeError):
