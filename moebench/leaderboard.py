@@ -37,6 +37,8 @@ DIAGNOSTIC_COLUMNS = {
     "expert_label_mi_norm": ("expert–label MI / H(label)", 3, 1.0),
     "top1_changed": ("top-1 changed", 3, 1.0),
     "routing_entropy": ("routing entropy", 3, 1.0),
+    "routing_cv": ("load CV", 3, 1.0),  # coefficient of variation of the experts' token counts: 0 is balanced
+    "experts_per_token": ("experts/token", 2, 1.0),  # what the gate chose: k for top-k, anything for remoe, hash...
     "omoe_removed_fraction": ("OMoE update removed", 3, 1.0),
     "dead_experts": ("dead experts", 1, 1.0),
     "train_time_s": ("train s", 1, 1.0),
