@@ -454,6 +454,17 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return print_leaderboard(uri, args.experiment, output, tuple(args.format), args.baseline)
 
 
+def existing_store(args: argparse.Namespace) -> str:
+    """The tracking URI that --tracking-uri or --output-dir names, for commands that read a store
+    a run made: a default SQLite store that does not exist is a usage error, not a new store."""
+    from moebench.config import RunConfig
+
+    uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
+        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
+    return uri
+
+
 def command_ui(args: argparse.Namespace) -> int:
     """MLflow's UI on the experiment's store, started as `mlflow ui` and kept until Ctrl-C; for a
     tracking server, its own address (the server already serves the UI)."""
@@ -462,18 +473,15 @@ def command_ui(args: argparse.Namespace) -> int:
     import time
     import urllib.request
 
-    uri = args.tracking_uri or "sqlite:///" + os.path.join(os.path.abspath(args.output_dir), "mlflow.db")
+    uri = existing_store(args)
     if uri.startswith(("http://", "https://")):
         print(f"MLflow UI: {uri.rstrip('/')}/#/experiments (experiment {args.experiment!r}; the server serves it)")
         return 0
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
-        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
     from mlflow.tracking import MlflowClient
 
-    experiment = MlflowClient(uri).get_experiment_by_name(args.experiment)
-    if experiment is None:
-        names = [e.name for e in MlflowClient(uri).search_experiments()]
-        raise UsageError(f"no experiment {args.experiment!r} in {uri}; it holds: {', '.join(names) or '(none)'}")
+    from moebench.tracking import named_experiment
+
+    experiment = named_experiment(MlflowClient(uri), uri, args.experiment)
     def stop(signum, frame):
         raise KeyboardInterrupt
 
@@ -514,14 +522,11 @@ def command_status(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from moebench.config import RunConfig
     from moebench.live import Block, status
 
     if args.watch is not None and args.watch <= 0:
         raise UsageError(f"--watch {args.watch:g}: give a number of seconds above 0")
-    uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
-        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
+    uri = existing_store(args)
     terminal = sys.stdout.isatty()
     block = Block(sys.stdout)
     try:

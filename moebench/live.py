@@ -271,17 +271,13 @@ def status(tracking_uri: str, experiment: str, now: float | None = None, height:
     running it. Runs of earlier sweeps (a resumed experiment) are counted, not listed."""
     from mlflow.tracking import MlflowClient
 
-    from moebench.errors import UsageError
     from moebench.lease import describe, lease_store, stale_reason
-    from moebench.tracking import TAG_CONFIG, sqlite_setup_lock
+    from moebench.tracking import TAG_CONFIG, named_experiment, sqlite_setup_lock
 
     now = time.time() if now is None else now
     with sqlite_setup_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        raise UsageError(f"no experiment {experiment!r} in {tracking_uri}; it holds: {', '.join(names) or '(none)'}")
+        found = named_experiment(client, tracking_uri, experiment)
     runs = client.search_runs([found.experiment_id], max_results=50000, order_by=["attributes.start_time ASC"])
     sweep = json.loads(found.tags.get(TAG_SWEEP, "null")) or {}
     since = sweep.get("started", 0.0) * 1000

@@ -71,6 +71,17 @@ def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str 
         return client, client.create_experiment(experiment, artifact_location=location)
 
 
+def named_experiment(client, tracking_uri: str, experiment: str):
+    """The experiment a reading command names; a usage error listing the store's experiments if none is."""
+    from moebench.errors import UsageError
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise UsageError(f"no experiment {experiment!r} in {tracking_uri}; it holds: {', '.join(names) or '(none)'}")
+    return found
+
+
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
     """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
 
