@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--group-by-length", action=argparse.BooleanOptionalAction,
                      help="training batches of similar lengths, from a seeded shuffle the same for every method (default: on)")
     run.add_argument("--precision", help="fp32 (default), bf16 or fp16: forwards under autocast, weights stay fp32 "
-                                         "(bf16 for GPUs; fp16 adds a gradient scaler)")
+                                         "(bf16 for GPUs; fp16 adds a gradient scaler); auto: bf16 where this machine computes "
+                                         "it natively (AVX-512 BF16 or AMX CPUs, Ampere and later GPUs), else fp32")
     run.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                      help="deterministic kernels (torch.use_deterministic_algorithms): bit-reproducible GPU runs, slower "
                           "(default: off)")
@@ -360,6 +361,8 @@ def command_run(args: argparse.Namespace) -> int:
     modes = f" x {len(cfg.upcycle)} upcycling modes" if len(cfg.upcycle) > 1 else ""
     print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods{modes} x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
           f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
+    if args.precision == "auto":
+        print(f"moebench: --precision auto: {cfg.train.precision} ({cfg.auto_precision()[1]})", file=sys.stderr)
     import signal
 
     from moebench.journal import left_behind, replay_journal

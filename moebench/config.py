@@ -24,6 +24,7 @@ from moebench.task import resolve_data_dir, task_groups
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO_PRECISION = "auto"  # bf16 where this machine computes it natively, else fp32; resolved by RunConfig
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16"/"fp16": forwards under autocast (weights and optimizer stay fp32)
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in (*PRECISIONS, AUTO_PRECISION):
+            raise UsageError(f"--precision must be one of {', '.join((*PRECISIONS, AUTO_PRECISION))}, got {self.precision!r}")
         Split.parse(self.train_split, "--train-split")
         for flag, value in {"--select-split": self.select_split, "--report-split": self.report_split}.items():
             if value is not None:
@@ -191,6 +192,9 @@ class RunConfig:
                              "trial would only idle; give 1, or a fraction (0.5, 0.25) to run several trials per GPU")
         if not self.experiment.strip():
             raise UsageError("--experiment must be a non-empty MLflow experiment name")
+        if self.train.precision == AUTO_PRECISION:
+            # Resolved here, so every trial, its identity and its params carry what it computes in.
+            object.__setattr__(self, "train", dataclasses.replace(self.train, precision=self.auto_precision()[0]))
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         for key in self.search_space:
             if key != "train":
@@ -219,6 +223,18 @@ class RunConfig:
                 raise UsageError("--search grid would give methods different budgets ("
                                  + ", ".join(f"{m} {n}" for m, n in sizes.items())
                                  + " configurations); use --search random --num-samples N, or search_space with equal grids")
+
+    def auto_precision(self) -> tuple[str, str]:
+        """(precision, why) for --precision auto, from this machine's hardware."""
+        from moebench.hardware import bf16_is_native
+        from moebench.preflight import visible_gpus
+
+        if self.address is not None:
+            raise UsageError("--precision auto reads this machine's hardware, not the cluster's: with --address give "
+                             f"--precision {' or '.join(PRECISIONS[:2])}")
+        on_gpu = self.gpus_per_trial != 0 and visible_gpus() > 0  # as the trials will be placed
+        native, why = bf16_is_native(on_gpu)
+        return ("bf16" if native else "fp32"), why
 
     def configuration_space(self, method: str) -> tuple[dict[str, str], list[dict[str, str]]]:
         """(fixed, candidates): the --set values, and every combination of the searched values.

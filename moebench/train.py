@@ -191,7 +191,8 @@ def set_determinism(deterministic: bool) -> None:
         # cuBLAS reads it when it makes its first handle, so before any CUDA work of the process.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if deterministic or torch.are_deterministic_algorithms_enabled():  # the call imports torch._inductor: 1.2 s
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.deterministic = deterministic
 
 

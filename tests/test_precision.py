@@ -179,5 +179,37 @@ def test_bad_precision_is_one_line_exit_2(tmp_path, data_dir):
                              "--precision", "fp8", "--data-dir", data_dir, "--output-dir", str(out)],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip() == "moebench: error: --precision must be one of fp32, bf16, fp16, got 'fp8'"
+    assert result.stderr.strip() == "moebench: error: --precision must be one of fp32, bf16, fp16, auto, got 'fp8'"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_resolves_before_any_trial_exists(monkeypatch, native, expected):
+    """auto never reaches a trial: its identity, params and autocast carry what it computes in."""
+    import moebench.hardware
+
+    asked = []
+    monkeypatch.setattr(moebench.hardware, "bf16_is_native", lambda on_gpu: asked.append(on_gpu) or (native, "because"))
+    parser = build_parser()
+    options = resolve_run_options(parser.parse_args(["run", "--methods", "vanilla", "--tasks", "rte", "--precision", "auto"]),
+                                  parser.run_actions)
+    cfg = run_config_from_args(options)
+    assert cfg.train.precision == expected
+    assert {t.flat_params()["train.precision"] for t in cfg.trials()} == {expected}
+    assert asked == [torch.cuda.device_count() > 0]
+    assert cfg.auto_precision() == (expected, "because")
+    with pytest.raises(UsageError, match="with --address give --precision fp32 or bf16"):
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="auto"), address="10.0.0.1:6379")
+
+
+def test_auto_precision_reads_the_cpu_flags(monkeypatch):
+    from moebench.hardware import bf16_is_native
+
+    for avx512_bf16, amx, native in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        assert bf16_is_native(on_gpu=False)[0] is native
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert bf16_is_native(on_gpu=False) == (False, "this CPU has neither AVX-512 BF16 nor AMX instructions "
+                                                   "(bf16 would be emulated, slower than fp32)")
