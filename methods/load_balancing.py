@@ -1,7 +1,8 @@
 """load_balancing: Switch Transformer auxiliary loss plus ST-MoE router z-loss.
 
     L_aux = E * sum_i f_i * P_i     f_i: fraction of token->expert assignments to expert i
-                                    (top-k: all k assignments, divided by k; not differentiable)
+                                    (top-k: all k assignments, divided by k; with a gate that
+                                    leaves slots unused, the used ones; not differentiable)
                                     P_i: mean router probability of expert i
     L_z   = mean_x logsumexp(z(x))^2
 
@@ -21,8 +22,9 @@ from moebench.moe.layer import Routing
 
 def switch_aux_loss(routing: Routing) -> torch.Tensor:
     num_experts = routing.num_experts
-    assignments = torch.bincount(routing.expert_index.reshape(-1), minlength=num_experts).float()
-    fraction = assignments / assignments.sum()  # (E,) f_i
+    # Only the slots a token used: a gate's unused slots (routing.expert_mask) hold no assignment.
+    assignments = torch.bincount(routing.assigned_experts, minlength=num_experts).float()
+    fraction = assignments / assignments.sum().clamp_min(1.0)  # (E,) f_i
     mean_prob = routing.router_probs.mean(dim=0)  # (E,) P_i
     return num_experts * torch.sum(fraction * mean_prob)
 

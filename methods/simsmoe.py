@@ -26,6 +26,7 @@ Choices of moebench, where the official code is silent or differs:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,18 +40,26 @@ from moebench.moe.similarity import kernel_cka, linear_cka
 
 def simsmoe_balance_loss(routing: Routing) -> torch.Tensor:
     """The official balance term: the Switch loss with probabilities averaged over the N*k
-    assignments instead of the N tokens, so 1/k of it."""
-    return switch_aux_loss(routing) / routing.expert_index.shape[1]
+    assignments instead of the N tokens, so 1/k of it (with a gate that leaves slots unused,
+    k is the mean number of slots used)."""
+    return switch_aux_loss(routing) / routing.experts_per_token.float().mean().clamp_min(1.0)
 
 
 def top2_pair_codes(routing: Routing) -> torch.Tensor:
-    """(N,) code e1 * E + e2 (e1 < e2) of each token's two best experts."""
-    if routing.expert_index.shape[1] >= 2:
+    """(N,) code e1 * E + e2 (e1 < e2) of each token's two best experts; with a gate that leaves
+    slots unused, its two highest-weight used experts, and -1 for a token that used fewer than 2."""
+    if routing.expert_index.shape[1] < 2:
+        top2 = routing.router_logits.topk(2, dim=-1).indices
+    elif routing.expert_mask is None:
         top2 = routing.expert_index[:, :2]
     else:
-        top2 = routing.router_logits.topk(2, dim=-1).indices
+        best = routing.expert_weight.float().masked_fill(~routing.expert_mask, -math.inf).topk(2, dim=1).indices
+        top2 = routing.expert_index.gather(1, best)
     low, high = top2.min(dim=1).values, top2.max(dim=1).values
-    return low * routing.num_experts + high
+    codes = low * routing.num_experts + high
+    if routing.expert_mask is not None and routing.expert_index.shape[1] >= 2:
+        codes = codes.masked_fill(routing.expert_mask.sum(dim=1) < 2, -1)
+    return codes
 
 
 class PairTracker:
@@ -61,7 +70,9 @@ class PairTracker:
         self.counts = torch.zeros(num_experts * num_experts, dtype=torch.float64)
 
     def update(self, codes: torch.Tensor) -> list[tuple[int, int]]:
-        self.counts += torch.bincount(codes.cpu(), minlength=len(self.counts)).double() / max(1, codes.numel())
+        """codes: top2_pair_codes (-1: a token without a pair, counted in the total only)."""
+        paired = codes[codes >= 0].cpu()
+        self.counts += torch.bincount(paired, minlength=len(self.counts)).double() / max(1, codes.numel())
         selected = (self.counts > self.threshold).nonzero().squeeze(1).tolist()
         self.counts[selected] = 0.0
         return [divmod(code, self.num_experts) for code in selected]

@@ -74,3 +74,16 @@ def test_params_parse_and_validate():
         parse_params(LoadBalancing, {"aux_coef": "inf"})
     with pytest.raises(UsageError, match=">= 0"):
         parse_params(LoadBalancing, {"aux_coef": "-1"})
+
+
+def test_switch_loss_counts_only_the_slots_a_gate_used():
+    """A gate (moebench.moe.routing) may leave slots unused; their expert index is filler."""
+    logits = torch.tensor([[3.0, 2.0, 0.0, 0.0], [0.0, 3.0, 2.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
+    index = torch.tensor([[0, 1], [1, 0], [2, 0]])  # slot 2 of tokens 1 and 2 unused, filled with expert 0
+    used = torch.tensor([[True, True], [True, False], [True, False]])
+    masked = Routing(None, torch.zeros(3, 3), logits, index, torch.ones(3, 2), used)
+    fraction = torch.tensor([1, 2, 1, 0]) / 4  # the 4 used assignments: experts 0, 1, 1, 2
+    expected = 4 * (fraction * logits.softmax(-1).mean(0)).sum()
+    assert switch_aux_loss(masked).item() == pytest.approx(expected.item())
+    nothing_used = Routing(None, torch.zeros(3, 3), logits, index, torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.bool))
+    assert switch_aux_loss(nothing_used).item() == 0.0  # no assignment, no load: not NaN

@@ -89,3 +89,17 @@ def test_balance_term_is_the_official_normalisation(top_k):
     routing = Routing(None, torch.zeros(50, 8), logits, index, torch.ones_like(index, dtype=torch.float))
     assert simsmoe_balance_loss(routing).item() == pytest.approx(official_set_load_balance(logits, top_k), rel=1e-5)
     assert simsmoe_balance_loss(routing).item() == pytest.approx(switch_aux_loss(routing).item() / top_k, rel=1e-6)
+
+
+def test_a_gates_unused_slots_neither_pair_experts_nor_count_as_assignments():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 3.0, 2.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
+    index = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 3, 0]])
+    weight = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0], [0.6, 0.4, 0.0]])
+    used = torch.tensor([[True, True, True], [True, False, False], [True, True, False]])
+    routing = Routing(None, torch.zeros(3, 8), logits, index, weight, used)
+    # token 0: its two highest-weight experts 1 and 2; token 1 used one expert: no pair; token 2: 2 and 3
+    assert top2_pair_codes(routing).tolist() == [1 * 4 + 2, -1, 2 * 4 + 3]
+    tracker = PairTracker(4, threshold=0.3)
+    assert tracker.update(top2_pair_codes(routing)) == [(1, 2), (2, 3)]  # each pair 1/3 of the 3 tokens
+    # k = the mean slots used, (3 + 1 + 2) / 3 = 2
+    assert simsmoe_balance_loss(routing).item() == pytest.approx(switch_aux_loss(routing).item() / 2, rel=1e-6)
