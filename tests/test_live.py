@@ -241,7 +241,8 @@ def test_a_trial_reports_progress_with_sane_steps_and_keeps_its_epoch_reports(ti
         assert not any("epoch" in r and any(k.startswith("progress/") for k in r) for r in reports)
     steps = [r for r in every_step if "progress/step" in r]
     assert [r["progress/step"] for r in steps] == list(range(1, 9)) and {r["progress/total"] for r in steps} == {8}  # 32 examples: 4 batches x 2 epochs
-    assert [r["progress/epoch"] for r in steps] == [1] * 4 + [2] * 4 and steps[-1]["progress/eta_s"] == 0
+    assert [r["progress/epoch"] for r in steps] == [1] * 4 + [2] * 4
+    assert steps[-1]["progress/eta_s"] > 0  # the last epoch's evaluation is still to come
     assert all(r["progress/steps_per_s"] > 0 and r["progress/loss"] > 0 for r in steps)
     # the epoch ends at least, before that epoch's evaluation is reported
     assert [(r.get("progress/step"), r.get("epoch")) for r in at_epoch_ends] == [(4, None), (None, 1), (8, None), (None, 2)]
@@ -275,3 +276,15 @@ def test_progress_results_are_logged_for_status_and_taken_for_neither_an_epoch_n
     history = client.get_metric_history(run.info.run_id, "progress/step")
     assert [(m.step, m.value, m.timestamp) for m in history] == [(3, 3.0, 1_700_000_003_000), (8, 8.0, 1_700_000_008_000)]
     assert run.data.metrics["progress/eta_s"] == 30.0 and "main_score" not in run.data.metrics
+
+
+def test_the_eta_counts_evaluations_guessing_the_first_from_the_training_speed():
+    from moebench.train import FORWARD_SHARE, TrialClock
+
+    clock = TrialClock(total_steps=10, epochs=2, batch_size=8, examples_per_evaluation=24)
+    # 4 steps in 4 s: 6 steps left, and 2 evaluations of 24 examples guessed at a third of 3 batches' steps
+    assert clock.eta_s(step=4, elapsed=4.0) == pytest.approx(6 * 1.0 + 2 * (24 / 8 * 1.0 * FORWARD_SHARE))
+    clock.evaluating_s, clock.evaluations = 3.0, 1  # epoch 1 evaluated in 3 s
+    assert clock.eta_s(step=5, elapsed=8.0) == pytest.approx(5 * 1.0 + 1 * 3.0)  # steps at (8 - 3) / 5 s
+    clock.evaluating_s, clock.evaluations = 6.0, 2
+    assert clock.eta_s(step=10, elapsed=16.0) == 0.0
