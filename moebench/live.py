@@ -40,6 +40,13 @@ class Trial:
     selected_epoch: int | None = None
     reason: str | None = None  # why it failed or was killed
 
+    def take_progress(self, values, updated: float) -> None:
+        """A progress report's `progress/*` values (from the trial's result, or its MLflow metrics)."""
+        self.step, self.total = int(values["progress/step"]), int(values["progress/total"])
+        self.epoch, self.epochs = int(values["progress/epoch"]), int(values["progress/epochs"])
+        self.loss, self.steps_per_s, self.eta_s = (float(values[f"progress/{k}"]) for k in ("loss", "steps_per_s", "eta_s"))
+        self.updated = updated
+
 
 def duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -164,10 +171,7 @@ class LiveView:
             return
         trial = self.trials.setdefault(label, Trial(label, started=now))
         if kind == "result" and "progress/step" in payload:
-            trial.step, trial.total = int(payload["progress/step"]), int(payload["progress/total"])
-            trial.epoch, trial.epochs = int(payload["progress/epoch"]), int(payload["progress/epochs"])
-            trial.loss, trial.steps_per_s, trial.eta_s = (float(payload[f"progress/{k}"]) for k in ("loss", "steps_per_s", "eta_s"))
-            trial.updated = now
+            trial.take_progress(payload, updated=now)
             if now - self._printed_progress.get(label, -float("inf")) >= self.plain_progress_s:
                 self._printed_progress[label] = now
                 self.plain(f"{label} {progress_text(trial, now)}")
@@ -250,11 +254,9 @@ def trial_of_run(client, run) -> Trial:
                   ended=info.end_time / 1000 if info.end_time else None)
     if info.status in ("RUNNING", "SCHEDULED"):
         if "progress/step" in metrics:
-            trial.step, trial.total = int(metrics["progress/step"]), int(metrics["progress/total"])
-            trial.epoch, trial.epochs = int(metrics["progress/epoch"]), int(metrics["progress/epochs"])
-            trial.loss, trial.steps_per_s, trial.eta_s = (metrics[f"progress/{k}"] for k in ("loss", "steps_per_s", "eta_s"))
             # when it was reported, so the ETA counts down from there (one call, for running runs only)
-            trial.updated = max(m.timestamp for m in client.get_metric_history(info.run_id, "progress/step")) / 1000
+            reported = max(m.timestamp for m in client.get_metric_history(info.run_id, "progress/step")) / 1000
+            trial.take_progress(metrics, updated=reported)
     elif info.status == "FINISHED":
         trial.state, trial.score, trial.select_score = "finished", metrics.get("main_score"), metrics.get("select_main_score")
         trial.selected_epoch = int(metrics["selected_epoch"]) if "selected_epoch" in metrics else None
