@@ -53,6 +53,9 @@ class Method:
     search_space: ClassVar[dict[str, list]] = {}
     # False for a reference without experts (`dense`): its trials keep the encoder's FFNs.
     uses_moe: ClassVar[bool] = True
+    # True for a positive control (`control_lr`): built to differ from the baseline by a known sign,
+    # compared with it on a board but never ranked or marked best against the methods.
+    control: ClassVar[bool] = False
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
