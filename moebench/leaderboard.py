@@ -23,7 +23,8 @@ from moebench.comparison import is_degenerate, majority_metrics, task_replicates
 from moebench.config import LEGACY_DEFAULTS
 from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
-from moebench.stats import Comparison, compare, percentile_interval
+from moebench.stats import (ALPHA, MIN_SEEDS_FOR_TEST, POWER, Comparison, compare, detectable_difference, format_p,
+                            percentile_interval, pooled_sd, seeds_needed)
 from moebench.tracking import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC,
                                TAG_SPLITS, TAG_STOPPED_EARLY)
 
@@ -84,6 +85,9 @@ class Leaderboard:
     to_best: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # column -> method -> vs the best
     diagnostics_to_baseline: dict[str, dict[str, "DiagnosticComparison"]] = field(default_factory=dict)  # diagnostic -> row -> vs baseline
     warnings: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # runs of the experiment not on the board, each with its reason
+    power: dict[str, "ColumnPower"] = field(default_factory=dict)  # score column -> what its comparisons could detect
+    controls: list[str] = field(default_factory=list)  # rows of positive-control methods: compared, never ranked
     stopped: list[str] = field(default_factory=list)  # configurations ASHA stopped early
     replicates: int = 0
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the runs on the board (selected configurations)
@@ -98,8 +102,9 @@ class Leaderboard:
         return [c for c in self.score_columns if not c.endswith("_avg")]
 
 
-SIGNIFICANCE = 0.05
+SIGNIFICANCE = ALPHA
 REPLICATES = 1000
+POINT = 0.01  # one point of a score shown x 100
 ROW_AXIS = "params.moe.upcycle"  # an MoE choice the board compares as rows instead of refusing as a mixed budget
 
 
@@ -182,27 +187,61 @@ def interval_of_mean(values: list[float], replicates: np.ndarray | None) -> tupl
 
 
 def mark_best(methods: list[str], best: str | None, to_best: dict[str, Comparison]) -> dict[str, str]:
-    """The best mean (among non-degenerate cells with stored predictions; every method that equals
-    it exactly, so no name wins a tie), and the methods whose paired difference to it is not
-    significant after Holm's correction (p >= 0.05; see `moebench.stats.compare`). Cells outside
-    that comparison are never marked."""
+    """The best mean (among the candidates: non-degenerate, not a control, not below the majority
+    row; every one that equals it exactly, so no name wins a tie), and the methods whose paired
+    test against it found no difference after Holm's correction. A comparison with fewer than
+    MIN_SEEDS_FOR_TEST seeds tests nothing, so it marks nothing; cells outside it are never marked."""
     marks = {m: "" for m in methods}
     if best is not None:
         marks[best] = "best"
     for method, comparison in to_best.items():
         if comparison.difference == 0:
             marks[method] = "best"
-        elif not comparison.p_holm < SIGNIFICANCE:
+        elif comparison.tested and not comparison.significant:
             marks[method] = "tie"
     return marks
 
 
-def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: dict[str, bool]) -> dict[str, float]:
-    """Rank 1 = best mean in a column (ties share the average rank), degenerate cells unranked;
-    averaged over the columns where the method is ranked."""
-    table = pd.DataFrame({c: {m: (rows[m][c].mean if not rows[m][c].degenerate else math.nan) for m in rows} for c in columns})
+@dataclass
+class ColumnPower:
+    """What a column's comparisons with the baseline could have detected (paired t over seeds,
+    Holm over the column's comparisons, 80% power), from the SD of their per-seed differences."""
+
+    sd: float  # pooled SD of the per-seed differences (raw score units)
+    df: int  # its degrees of freedom
+    seeds: int  # the fewest paired seeds among the column's comparisons
+    comparisons: int  # the Holm family's size
+    detectable: float  # smallest detectable difference at `seeds` (NaN: no test with so few seeds)
+    seeds_for_one_point: int | None  # seeds a 1-point difference would need (None: beyond any plan)
+    seeds_for_half_point: int | None
+
+
+def column_power(comparisons: list[Comparison], family: int) -> ColumnPower | None:
+    if not comparisons:
+        return None
+    sd, df = pooled_sd(comparisons)
+    seeds = min(c.n for c in comparisons)
+    return ColumnPower(sd, df, seeds, family, detectable_difference(sd, seeds, family),
+                       seeds_needed(sd, POINT, family), seeds_needed(sd, POINT / 2, family))
+
+
+def is_control(method: str) -> bool:
+    """A registered positive control (`Method.control`); an unknown plugin's rows are methods."""
+    from moebench.registry import METHODS
+
+    return method in METHODS and bool(getattr(METHODS.get(method), "control", False))
+
+
+def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: dict[str, bool],
+               controls: list[str] = ()) -> dict[str, float]:
+    """Rank 1 = best mean in a column (ties share the average rank), degenerate cells and controls
+    unranked; averaged over the columns where the method is ranked."""
+    ranked = [m for m in rows if m not in controls]
+    table = pd.DataFrame({c: {m: (rows[m][c].mean if not rows[m][c].degenerate else math.nan) for m in ranked} for c in columns},
+                         index=ranked)
     ranks = pd.DataFrame({c: table[c].rank(ascending=not higher_is_better.get(c, True), method="average") for c in columns})
-    return ranks.mean(axis=1).to_dict()
+    means = ranks.mean(axis=1).to_dict()
+    return {m: means.get(m, math.nan) for m in rows}
 
 
 FAMILY_TITLES = {"superglue": "SuperGLUE"}  # others read well upper-cased: GLUE, QA, NER
@@ -220,10 +259,12 @@ def frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
-def current_runs(runs: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
-    """Of all runs (`frame`), the finished ones of this code's protocol, one per fingerprint (the newest)."""
+def current_runs(runs: pd.DataFrame, warnings: list[str], left_out: list[str] | None = None) -> pd.DataFrame:
+    """Of all runs (`frame`), the finished ones of this code's protocol, one per fingerprint (the newest).
+    `left_out` receives each trial of this protocol with no finished, finite run, and why."""
     if runs.empty:
         return runs
+    every = runs
     protocol = runs["params.protocol"] if "params.protocol" in runs else pd.Series("1", index=runs.index)
     old = protocol.fillna("1") != PROTOCOL_VERSION
     if old.any():
@@ -236,7 +277,26 @@ def current_runs(runs: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
         warnings.append(f"{int(broken.sum())} finished runs with a non-finite score are left out "
                         f"({', '.join(sorted(set(runs.loc[broken, 'params.method'])))}); rerun them")
     runs = runs[~broken]
-    return runs.sort_values("start_time", kind="stable").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
+    kept = runs.sort_values("start_time", kind="stable").drop_duplicates(f"tags.{TAG_FINGERPRINT}", keep="last")
+    if left_out is not None:
+        left_out += missing_trials(every[~old], kept, broken)
+    return kept
+
+
+def missing_trials(runs: pd.DataFrame, kept: pd.DataFrame, broken: pd.Series) -> list[str]:
+    """Trials (fingerprints) of `runs` with no run in `kept`: 'method/task/seed N (config): reason',
+    the reason read from the trial's newest run (its status, or its non-finite score)."""
+    fingerprint = f"tags.{TAG_FINGERPRINT}"
+    if fingerprint not in runs:
+        return []
+    missing = runs[~runs[fingerprint].isin(set(kept[fingerprint]))]
+    out = []
+    for _, run in missing.sort_values("start_time", kind="stable").drop_duplicates(fingerprint, keep="last").iterrows():
+        reason = "non-finite score" if broken.get(run.name, False) else run["status"]
+        config = describe_configuration(run, runs.columns, run["params.method"])
+        out.append(f"{run['params.method']}/{run['params.task']}/seed {run['params.seed']}"
+                   + (f" ({config})" if config else "") + f": {reason}")
+    return sorted(out)
 
 
 def check_one_budget(runs: pd.DataFrame) -> None:
@@ -267,9 +327,13 @@ def select_configurations(runs: pd.DataFrame, higher_is_better: dict[str, bool])
     number the board shows, plays no part in the choice."""
     config = f"tags.{TAG_CONFIG}"
     key = ["row", "params.task"]
-    means = runs.groupby(key + [config])["metrics.select_main_score"].mean().reset_index()
+    grouped = runs.groupby(key + [config])["metrics.select_main_score"]
+    means = grouped.mean().reset_index().assign(finished=grouped.size().to_numpy())
     means["order"] = [(-1 if higher_is_better.get(t, True) else 1) * v for t, v in zip(means["params.task"], means["metrics.select_main_score"])]
-    best = means.sort_values(["order", config], kind="stable").drop_duplicates(key)
+    # a configuration that lost a seed (failed, killed) ranks below every one that finished more:
+    # averaging only its surviving seeds would favour configurations that are unstable
+    means["lost"] = means.groupby(key)["finished"].transform("max") - means["finished"]
+    best = means.sort_values(["lost", "order", config], kind="stable").drop_duplicates(key)
     chosen = runs.merge(best[key + [config]], on=key + [config])
     tried = means.groupby(key).size()
     selections, configurations = {}, {}
@@ -305,8 +369,9 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     from moebench.registry import TASKS
 
     warnings: list[str] = []
+    left_out: list[str] = []
     every_run = frame(records)
-    runs = current_runs(every_run, warnings)
+    runs = current_runs(every_run, warnings, left_out)
     if runs.empty:
         raise UsageError(f"experiment {experiment!r} has no finished runs of this protocol")
     check_one_budget(runs)
@@ -356,7 +421,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
                 majority[task_name], majority_family[task_name] = base["main_score"], base["family_score"]
             for (method, seed), run_outcomes in stored.items():
                 predictions = {suffix: split["predictions"] for suffix, split in run_outcomes.items()}
-                if is_degenerate(task, predictions, seed_main[task_name][method][seed], base):
+                golds_of_run = {suffix: split["golds"] for suffix, split in run_outcomes.items()}
+                if is_degenerate(task, predictions, seed_main[task_name][method][seed], base, golds_of_run):
                     degenerate[task_name][method] += 1
             replicated = task_replicates(task, stored, replicates)
             boot_main[task_name], boot_family[task_name] = replicated.main, replicated.family
@@ -377,43 +443,50 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
 
     rows: dict[str, dict[str, Cell]] = {m: {} for m in methods}
     references = baseline_rows(runs, baseline)
-    to_baseline, to_best, best_of = {}, {}, {}
+    method_of = dict(zip(runs["row"], runs["params.method"]))
+    controls = [m for m in methods if is_control(method_of[m])]
+    to_baseline, to_best, best_of, power = {}, {}, {}, {}
     for column in score_columns:
+        scores = {m: {s: seed_main[column][m][s] for s in sorted(seed_main[column][m])} for m in methods}
+        example_reps = {m: {s: boot_main[column][(m, s)] for s in scores[m] if (m, s) in boot_main.get(column, {})} for m in methods}
         for m in methods:
-            values = [seed_main[column][m][s] for s in sorted(seed_main[column][m])]
-            reps = [boot_main.get(column, {}).get((m, s)) for s in sorted(seed_main[column][m])]
-            mean_reps = np.mean(reps, axis=0) if reps and all(r is not None for r in reps) else None
+            values = list(scores[m].values())
+            reps = list(example_reps[m].values())
+            mean_reps = np.mean(reps, axis=0) if reps and len(reps) == len(values) else None
             rows[m][column] = Cell(values, interval_of_mean(values, mean_reps), degenerate[column][m])
-        common = sorted(set.intersection(*(set(seed_main[column][m]) for m in methods)))
-        paired = [m for m in methods if common and all((m, s) in boot_main.get(column, {}) for s in common)]
-        point = {m: float(np.mean([seed_main[column][m][s] for s in common])) for m in paired}
-        reps = {m: np.mean([boot_main[column][(m, s)] for s in common], axis=0) for m in paired}
-        seeds = {m: [seed_main[column][m][s] for s in common] for m in paired}
         sign = 1.0 if higher[column] else -1.0
-        candidates = [m for m in paired if not rows[m][column].degenerate and math.isfinite(point[m])]
-        for reference in dict.fromkeys(references.values()):  # one comparison per upcycling mode
-            group = [m for m in paired if references.get(m) == reference or m == reference]
-            if reference in paired and len(group) > 1:
-                to_baseline.setdefault(column, {}).update(compare({m: point[m] for m in group}, reps, seeds, reference))
+        floor = majority.get(column, math.nan)
+        candidates = [m for m in methods if rows[m][column].n and not rows[m][column].degenerate and m not in controls
+                      and math.isfinite(rows[m][column].mean)
+                      and not (math.isfinite(floor) and sign * (rows[m][column].mean - floor) < 0)]  # below the majority row
+        family = 0
+        for reference in dict.fromkeys(references.values()):  # one comparison (one Holm family) per upcycling mode
+            group = [m for m in methods if references.get(m) == reference or m == reference]
+            if scores.get(reference) and len(group) > 1:
+                compared = compare({m: scores[m] for m in group if scores[m]}, reference, example_reps)
+                to_baseline.setdefault(column, {}).update(compared)
+                family = max(family, len(compared))
+        if column in to_baseline:
+            power[column] = column_power(list(to_baseline[column].values()), family)
         if candidates:
-            best_of[column] = max(candidates, key=lambda m: (sign * point[m], m))
-            to_best[column] = compare({m: point[m] for m in candidates}, reps, seeds, best_of[column])
+            best_of[column] = max(candidates, key=lambda m: (sign * rows[m][column].mean, m))
+            to_best[column] = compare({m: scores[m] for m in candidates}, best_of[column], example_reps)
     for column in tasks:
         for m in methods:
             if rows[m][column].degenerate:
                 warnings.append(f"{m} on {column}: {rows[m][column].degenerate} of {rows[m][column].n} runs degenerate "
-                                "(constant predictions or the majority-class score): not ranked or marked")
+                                "(constant or collapsed predictions, or the majority-class score): not ranked or marked")
     for name in diagnostics:
         for m in methods:
             rows[m][name] = Cell(runs.loc[runs["row"] == m, f"metrics.{name}"].dropna().tolist())
-    ranks = mean_ranks(rows, tasks, higher)
-    rows = {m: rows[m] for m in sorted(rows, key=lambda m: (math.isnan(ranks[m]), ranks[m], m))}
+    ranks = mean_ranks(rows, tasks, higher, controls)
+    rows = {m: rows[m] for m in sorted(rows, key=lambda m: (m in controls, math.isnan(ranks[m]), ranks[m], m))}
     marks = {c: mark_best(list(rows), best_of.get(c), to_best.get(c, {})) for c in score_columns}
     searched = any(n > 1 for n in configurations.values())
     similarity = compare_diagnostics(runs, references, [n for n in ("expert_cka", "expert_cosine", "expert_label_mi_norm") if n in diagnostics])
     return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
                        configurations if searched else {}, baseline if references else None, to_baseline, to_best,
-                       similarity, warnings, stopped_configurations(every_run), replicates, runs)
+                       similarity, warnings, left_out, power, controls, stopped_configurations(every_run), replicates, runs)
 
 
 def format_score(cell: Cell) -> str:
@@ -446,12 +519,31 @@ def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
 
 LEGEND = (
     "task scores × 100 on the report split, mean ± half-width of its 95% CI (Student t over seeds; one seed: paired "
-    "bootstrap over examples), n seeds; {best} best mean per column, {tie} not significantly different from it "
-    "(paired test: t over seeds from 3 seeds, else the example bootstrap; Holm-corrected over methods, p ≥ 0.05); "
-    "†k: k runs with degenerate predictions (constant, or the majority-class score; for a family average, in its "
-    "tasks), never marked or ranked; "
-    "mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std over all runs of a method."
+    "bootstrap over examples), n seeds; {best} best mean per column (never a control, a degenerate cell or one below "
+    "the majority row), {tie} no difference from it found by the paired t over seeds (Holm over the column, p ≥ 0.05; "
+    "tested from 3 seeds, fewer: no mark) — read it with the column's detectable difference below; "
+    "†k: k runs with degenerate predictions (constant, collapsed regression, or the majority-class score; for a "
+    "family average, in its tasks), never marked or ranked; controls (built to differ from the baseline) come last, "
+    "unranked; mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std "
+    "over all runs of a method."
 )
+
+DETECTABLE_ROW = "detectable difference (80% power)"
+SEEDS_ROW = "seeds for 1 / 0.5 point"
+
+
+def format_detectable(power: "ColumnPower | None") -> str:
+    if power is None:
+        return "—"
+    if not math.isfinite(power.detectable):
+        return f"no test (n={power.seeds})"
+    return f"{100 * power.detectable:.2f} (n={power.seeds})"
+
+
+def format_seeds_needed(power: "ColumnPower | None") -> str:
+    if power is None or not math.isfinite(power.sd):
+        return "—"
+    return " / ".join("more than 100000" if n is None else str(n) for n in (power.seeds_for_one_point, power.seeds_for_half_point))
 
 
 def marked_cells(board: Leaderboard, best: str, tie: str, escape=lambda text: text) -> list[tuple[str, list[str]]]:
@@ -472,6 +564,11 @@ def marked_cells(board: Leaderboard, best: str, tie: str, escape=lambda text: te
     majority += [f"{100 * board.majority[c]:.2f}" if c in board.majority and math.isfinite(board.majority[c]) else "—"
                  for c in board.score_columns] + ["—"] * (len(board.columns) - len(board.score_columns))
     out.append((escape(MAJORITY_ROW), majority))
+    if board.power:
+        for title, text_of in ((DETECTABLE_ROW, format_detectable), (SEEDS_ROW, format_seeds_needed)):
+            texts = ["—"] + (["—"] if board.configurations else [])
+            texts += [escape(text_of(board.power.get(c))) for c in board.score_columns]
+            out.append((escape(title), texts + ["—"] * (len(board.columns) - len(board.score_columns))))
     return out
 
 
@@ -496,11 +593,23 @@ def to_markdown(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_comparison(c: Comparison | None) -> str:
+def verdict(c: Comparison, power: "ColumnPower | None") -> str:
+    """What a comparison lets one say: higher / lower, ≈ with the difference it could have seen, or no test."""
+    if not c.tested:
+        return f"no test (n={c.n})"
+    if c.significant:
+        return "higher" if c.difference > 0 else "lower"
+    detectable = power.detectable if power is not None else math.nan
+    return f"≈ (detectable ≥ {100 * detectable:.2f})" if math.isfinite(detectable) else "≈"
+
+
+def format_comparison(c: Comparison | None, power: "ColumnPower | None" = None) -> str:
     if c is None:
         return "—"
     low, high = c.interval
-    return f"{100 * c.difference:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] p={c.p_holm:.3g}"
+    interval = "—" if not (math.isfinite(low) and math.isfinite(high)) else f"{100 * low:+.2f}, {100 * high:+.2f}"
+    label = "" if c.tested else "models' examples: "
+    return f"{100 * c.difference:+.2f} [{label}{interval}] {format_p(c.p_holm)} n={c.n} {verdict(c, power)}"
 
 
 def comparisons_markdown(board: Leaderboard) -> str:
@@ -511,14 +620,21 @@ def comparisons_markdown(board: Leaderboard) -> str:
     for title, table in ((f"to the baseline `{board.baseline}`{per_mode}", board.to_baseline), ("to the best method of each column", board.to_best)):
         if not table:
             continue
-        lines = [f"Difference {title} (× 100): point difference on the common seeds, its 95% paired-bootstrap interval "
-                 f"over report examples ({board.replicates} resamples, all seeds together), and the Holm-adjusted p of the "
-                 "paired test; blank: the reference itself or not comparable.", "",
+        power = board.power if table is board.to_baseline else {}
+        lines = [f"Difference {title} (× 100), paired on the seeds both rows have (n): mean of the per-seed differences, "
+                 "its 95% t interval over seeds and the p of the same paired t, Holm-adjusted over the column's comparisons "
+                 "(so the interval excludes 0 exactly when the unadjusted p < 0.05), then the verdict. A training run is the "
+                 f"unit of replication: with fewer than {MIN_SEEDS_FOR_TEST} seeds nothing is tested, and the interval "
+                 f"(\"models' examples\") is the paired bootstrap over report examples ({board.replicates} resamples), the "
+                 "uncertainty of those particular trained models only. Blank: the reference itself or not comparable.", "",
                  "| method | " + " | ".join(board.column_titles[c] for c in columns) + " |",
                  "|---|" + "---:|" * len(columns)]
         for method in board.rows:
-            lines.append(f"| {method} | " + " | ".join(format_comparison(table.get(c, {}).get(method)) if method in table.get(c, {})
+            lines.append(f"| {method} | " + " | ".join(format_comparison(table[c][method], power.get(c)) if method in table.get(c, {})
                                                      else "" for c in columns) + " |")
+        if power:
+            lines.append(f"| {DETECTABLE_ROW} | " + " | ".join(format_detectable(power.get(c)) for c in columns) + " |")
+            lines.append(f"| {SEEDS_ROW} | " + " | ".join(format_seeds_needed(power.get(c)) for c in columns) + " |")
         sections.append("\n".join(lines) + "\n")
     if board.diagnostics_to_baseline:
         names = list(board.diagnostics_to_baseline)
@@ -532,11 +648,40 @@ def comparisons_markdown(board: Leaderboard) -> str:
                 c = board.diagnostics_to_baseline[n].get(method)
                 digits = DIAGNOSTIC_COLUMNS[n][1]
                 cells.append("" if c is None else f"{c.difference:+.{digits}f} [{c.interval[0]:+.{digits}f}, {c.interval[1]:+.{digits}f}] "
-                                                   f"n={c.n} p={c.p_holm:.3g}")
+                                                   f"n={c.n} {format_p(c.p_holm)}")
             if any(cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
+
+
+def findings(board: Leaderboard) -> str:
+    """Each score column's verdicts in words, every number read from the board."""
+    if not board.to_baseline:
+        return "No row has a baseline to be compared with.\n"
+    lines = []
+    for column in board.score_columns:
+        table, power = board.to_baseline.get(column, {}), board.power.get(column)
+        if not table:
+            continue
+        title = board.column_titles[column]
+        found = [f"{m} {verdict(c, power)} than the baseline by {100 * abs(c.difference):.2f} points "
+                 f"[{100 * c.interval[0]:+.2f}, {100 * c.interval[1]:+.2f}], {format_p(c.p_holm)}, n={c.n}"
+                 + (" (a control)" if m in board.controls else "") for m, c in table.items() if c.significant]
+        quiet = [m for m, c in table.items() if c.tested and not c.significant]
+        untested = [m for m, c in table.items() if not c.tested]
+        text = f"- **{title}**: " + ("; ".join(found) + ". " if found else "")
+        if quiet:
+            text += (f"No difference found for {', '.join(quiet)}; with n={power.seeds} seeds this column detects (80% power) "
+                     f"differences of {100 * power.detectable:.2f} points and more, so smaller ones may exist. ")
+        if untested:
+            text += f"Not tested (fewer than {MIN_SEEDS_FOR_TEST} seeds): {', '.join(untested)}. "
+        if power is not None and math.isfinite(power.sd):
+            text += (f"SD of the per-seed differences {100 * power.sd:.2f} points ({power.df} df, {power.comparisons} "
+                     f"comparisons); 1 point would need {format_seeds_needed(power).split(' / ')[0]} seeds, "
+                     f"0.5 points {format_seeds_needed(power).split(' / ')[1]}.")
+        lines.append(text.rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def to_latex(board: Leaderboard) -> str:
@@ -571,9 +716,24 @@ def to_html(board: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+# Every number a board file holds is rounded to this many significant digits before it is written:
+# numpy's reductions sum in an order that follows the CPU's vector width, so the last digits of a
+# mean differ between an AVX2, an AVX-512 and an AMX machine, and a board must read the same on all.
+SIGNIFICANT_DIGITS = 8
+
+
+def rounded(value):
+    """A float to SIGNIFICANT_DIGITS (anything else as it is)."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return value
+
+
 def to_frame(board: Leaderboard) -> pd.DataFrame:
-    """Raw values as logged (not × 100), full precision: per column mean, std, n, CI, degenerate
-    runs, and the paired difference to the baseline with its interval and Holm-adjusted p."""
+    """Raw values as logged (not × 100), to SIGNIFICANT_DIGITS: per column mean, std, n, CI, degenerate
+    runs, and the paired difference to the baseline (paired seeds, t interval, raw and Holm-adjusted p);
+    a last row holds each column's detectable difference, the seeds it assumed and the seeds 1 and
+    0.5 points would need."""
     records = []
     for method, cells in board.rows.items():
         record: dict[str, object] = {"method": method, "mean_rank": board.mean_rank[method],
@@ -587,10 +747,17 @@ def to_frame(board: Leaderboard) -> pd.DataFrame:
                                f"{c}_diff_baseline": comparison.difference if comparison else math.nan,
                                f"{c}_diff_baseline_low": comparison.interval[0] if comparison else math.nan,
                                f"{c}_diff_baseline_high": comparison.interval[1] if comparison else math.nan,
+                               f"{c}_n_baseline": comparison.n if comparison else 0,
+                               f"{c}_p_baseline": comparison.p if comparison else math.nan,
                                f"{c}_p_holm_baseline": comparison.p_holm if comparison else math.nan})
         records.append(record)
     majority = {"method": MAJORITY_ROW} | {f"{c}_mean": board.majority.get(c, math.nan) for c in board.score_columns}
-    return pd.DataFrame.from_records(records + [majority])
+    detectable = {"method": DETECTABLE_ROW}
+    for c, power in board.power.items():
+        detectable |= {f"{c}_mean": power.detectable, f"{c}_std": power.sd, f"{c}_n": power.seeds,
+                       f"{c}_seeds_for_1pt": power.seeds_for_one_point, f"{c}_seeds_for_half_pt": power.seeds_for_half_point}
+    table = pd.DataFrame.from_records(records + [majority] + ([detectable] if board.power else []))
+    return table.map(rounded)
 
 
 def distinct(runs: pd.DataFrame, column: str) -> list[str]:
@@ -623,7 +790,18 @@ def provenance(board: Leaderboard, formats: tuple[str, ...] = ("md", "csv", "png
           if board.selections else []),
         *(["- Stopped early by ASHA (all seeds of each): " + "; ".join(board.stopped)] if board.stopped else []),
         *[f"- Warning: {w}" for w in board.warnings],
+        "- Left out (trials with no finished run on the board, each with its newest run's status): "
+        + ("; ".join(board.left_out) + "." if board.left_out else "none."),
+        *([f"- Controls, built to differ from the baseline by a known sign and never ranked: {', '.join(board.controls)}."]
+          if board.controls else []),
+        f"- Detectable difference: the smallest true difference of a column's mean that its paired t over seeds "
+        f"(α = {ALPHA}, Holm over the column's comparisons with the baseline) finds with {POWER:.0%} power, at the SD of the "
+        "per-seed differences pooled over those comparisons (an estimate: its degrees of freedom are below). "
+        "Seeds for 1 / 0.5 point: the seeds a difference of that size would need at that SD.",
         "",
+        "## What this board can say",
+        "",
+        findings(board),
         comparisons_markdown(board),
         "## How it was made",
         "",
@@ -693,7 +871,7 @@ def plot_similarity(runs: pd.DataFrame, path: str) -> None:
 
 FORMATS = {
     "md": lambda board: to_markdown(board),
-    "csv": lambda board: to_frame(board).to_csv(index=False),
+    "csv": lambda board: to_frame(board).to_csv(index=False, float_format=f"%.{SIGNIFICANT_DIGITS}g"),
     "tex": lambda board: to_latex(board),
     "html": lambda board: to_html(board),
 }

@@ -1,4 +1,4 @@
-"""Significance testing for the leaderboard: paired bootstrap over examples, paired t-test over seeds, Holm.
+"""Significance and power for the leaderboard: paired t over seeds, Holm, detectable differences, example bootstrap.
 
 Methods on a leaderboard are run with the same seeds on the same evaluation examples, so every comparison
 is paired: the same bootstrap resample of examples is applied to every method and seed, and seed s of one
@@ -123,46 +123,152 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return {k: out[k] for k in pvalues}  # input order
 
 
-# With 2 seeds the paired t-test has one degree of freedom: two nearly equal differences make it
-# call a difference certain (p -> 0). From 3 seeds on it decides; below, the example bootstrap does.
-MIN_SEEDS_FOR_T = 3
+# A method difference is tested over training runs (seeds), never over the examples of one trained
+# model: the example bootstrap holds the model fixed and, applied to one seed at a time, called 19 of
+# 132 comparisons "significant" on boards whose seeds disagreed in sign. With 2 seeds the paired t
+# has one degree of freedom, so from 3 seeds on a board tests; below, it shows the example interval
+# as the uncertainty of those particular models and marks nothing.
+MIN_SEEDS_FOR_TEST = 3
+ALPHA = 0.05  # two-sided, family-wise over a column's comparisons (Holm)
+POWER = 0.80  # of the detectable difference
 
 
 @dataclass
 class Comparison:
-    difference: float  # point[m] - point[reference]
-    interval: tuple[float, float]  # percentile CI of the paired replicate differences
-    bootstrap_p: float  # example-resampling p (bootstrap_pvalue of the replicate differences)
-    seed_p: float  # paired t-test over seeds; NaN with fewer than 2 seeds
-    p: float  # the p used for significance: seed_p with >= MIN_SEEDS_FOR_T seeds, else bootstrap_p
-    p_holm: float  # p Holm-adjusted over all non-reference methods
+    """One row against a reference on one column, paired on the seeds both have.
 
-
-def compare(point: dict[str, float], replicates: dict[str, np.ndarray], seed_scores: dict[str, list[float]],
-            reference: str, level: float = 0.95) -> dict[str, Comparison]:
-    """Compare every method with `reference` (inputs as in BootstrapResult).
-
-    The interval always comes from the paired example bootstrap. The p used for significance (`p`, then
-    Holm-adjusted over all non-reference methods into `p_holm`) is the paired t-test over seeds when there
-    are >= MIN_SEEDS_FOR_T seeds: with several seeds, seed-to-seed training variation is the larger source of
-    noise and the example bootstrap (which holds the trained models fixed) would overstate significance. With
-    fewer seeds (one: no test at all; two: one degree of freedom) `p` falls back to bootstrap_p.
+    With >= MIN_SEEDS_FOR_TEST paired seeds the interval and p come from one procedure, the paired t
+    over seeds (`procedure` "t"): the interval excludes 0 exactly when p < ALPHA. With fewer, the
+    interval is the paired example bootstrap of those models (`procedure` "examples") and p is NaN.
     """
-    if reference not in point:
-        raise KeyError(f"reference {reference!r} not among {sorted(point)}")
-    ref_rep = np.asarray(replicates[reference], dtype=float)
-    raw = {}
-    for m in point:
-        if m == reference:
+
+    difference: float  # mean over the paired seeds of row - reference
+    interval: tuple[float, float]  # 95%: t over seeds, or (too few seeds) the example bootstrap
+    p: float  # paired t over seeds; NaN below MIN_SEEDS_FOR_TEST
+    p_holm: float  # p Holm-adjusted over the comparisons of the same column and reference
+    seeds: tuple[int, ...]  # the paired seeds
+    sd: float  # SD of the per-seed differences (NaN below 2 seeds)
+    procedure: str  # "t" or "examples"
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def tested(self) -> bool:
+        return self.procedure == "t" and math.isfinite(self.p)
+
+    @property
+    def significant(self) -> bool:
+        return self.tested and self.p_holm < ALPHA
+
+
+def paired_t(differences: Sequence[float], level: float = 0.95) -> tuple[float, tuple[float, float], float]:
+    """(mean, its t interval, two-sided p of mean = 0) of per-seed differences, one procedure for both.
+
+    Where the t statistic is undefined: all differences 0 -> interval (0, 0), p 1; constant and nonzero
+    -> the interval is that constant, p 0 (no seed disagrees)."""
+    d = np.asarray(differences, dtype=float)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return mean, (mean, mean), 1.0 if mean == 0.0 else 0.0
+    se = sd / math.sqrt(d.size)
+    half = float(_scipy_stats.t.ppf(0.5 + level / 2, d.size - 1)) * se
+    p = float(2 * _scipy_stats.t.sf(abs(mean) / se, d.size - 1))
+    return mean, (mean - half, mean + half), p
+
+
+def compare(seed_scores: dict[str, dict[int, float]], reference: str,
+            example_replicates: dict[str, dict[int, np.ndarray]] | None = None, level: float = 0.95) -> dict[str, Comparison]:
+    """Every row of `seed_scores` (row -> seed -> score) against `reference`, each paired on the seeds
+    both have; p Holm-adjusted over the rows tested. `example_replicates` (row -> seed -> bootstrap
+    replicates of the score, drawn with one shared resample of the examples) give the interval of a
+    comparison with fewer than MIN_SEEDS_FOR_TEST seeds."""
+    if reference not in seed_scores:
+        raise KeyError(f"reference {reference!r} not among {sorted(seed_scores)}")
+    base = seed_scores[reference]
+    out = {}
+    for row, scores in seed_scores.items():
+        if row == reference:
             continue
-        d = np.asarray(replicates[m], dtype=float) - ref_rep
-        seed_p = paired_t_pvalue(seed_scores[m], seed_scores[reference])
-        boot_p = bootstrap_pvalue(d)
-        raw[m] = Comparison(difference=float(point[m] - point[reference]), interval=percentile_interval(d, level),
-                            bootstrap_p=boot_p, seed_p=seed_p,
-                            p=seed_p if len(seed_scores[m]) >= MIN_SEEDS_FOR_T and not math.isnan(seed_p) else boot_p,
-                            p_holm=math.nan)
-    adjusted = holm({m: c.p for m, c in raw.items()})
-    for m, c in raw.items():
-        c.p_holm = adjusted[m]
-    return raw
+        seeds = tuple(sorted(set(scores) & set(base)))
+        if not seeds:
+            continue
+        d = np.array([scores[s] - base[s] for s in seeds], dtype=float)
+        sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+        if d.size >= MIN_SEEDS_FOR_TEST:
+            mean, interval, p = paired_t(d, level)
+            out[row] = Comparison(mean, interval, p, math.nan, seeds, sd, "t")
+            continue
+        interval = (math.nan, math.nan)
+        reps = example_replicates or {}
+        if all(s in reps.get(row, {}) and s in reps.get(reference, {}) for s in seeds):
+            interval = percentile_interval(np.mean([reps[row][s] - reps[reference][s] for s in seeds], axis=0), level)
+        out[row] = Comparison(float(d.mean()), interval, math.nan, math.nan, seeds, sd, "examples")
+    for row, p in holm({row: c.p for row, c in out.items()}).items():
+        out[row].p_holm = p
+    return out
+
+
+def pooled_sd(comparisons: Sequence[Comparison]) -> tuple[float, int]:
+    """(SD of the per-seed paired differences pooled over comparisons, its degrees of freedom)."""
+    usable = [c for c in comparisons if c.n >= 2 and math.isfinite(c.sd)]
+    df = sum(c.n - 1 for c in usable)
+    if df == 0:
+        return math.nan, 0
+    return math.sqrt(sum((c.n - 1) * c.sd ** 2 for c in usable) / df), df
+
+
+def power_of_t(effect: float, sd: float, n: int, comparisons: int = 1, alpha: float = ALPHA) -> float:
+    """Probability that the two-sided paired t over n seeds, at level alpha / comparisons (Holm's
+    first step, Bonferroni's every step), rejects when the true mean difference is `effect`."""
+    df = n - 1
+    critical = _scipy_stats.t.ppf(1 - alpha / (2 * comparisons), df)
+    shift = effect * math.sqrt(n) / sd
+    upper = float(_scipy_stats.nct.sf(critical, df, abs(shift)))
+    lower = float(_scipy_stats.nct.cdf(-critical, df, abs(shift)))  # the wrong-sign tail: tiny, NaN where scipy underflows
+    return upper + (lower if math.isfinite(lower) else 0.0)
+
+
+def detectable_difference(sd: float, n: int, comparisons: int = 1, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true paired difference the board's test detects with `power`: n seeds, per-seed
+    differences of SD `sd`, `comparisons` in the column's Holm family. NaN where no test runs."""
+    from scipy.optimize import brentq
+
+    if n < MIN_SEEDS_FOR_TEST or not math.isfinite(sd):
+        return math.nan
+    if sd == 0.0:
+        return 0.0
+    high = 1.0
+    while power_of_t(high, 1.0, n, comparisons, alpha) < power:
+        high *= 2
+    return sd * brentq(lambda effect: power_of_t(effect, 1.0, n, comparisons, alpha) - power, 0.0, high, xtol=1e-10)
+
+
+def seeds_needed(sd: float, difference: float, comparisons: int = 1, alpha: float = ALPHA, power: float = POWER,
+                 limit: int = 100_000) -> int | None:
+    """The fewest seeds whose detectable difference is <= `difference` (None: more than `limit`)."""
+    if not (math.isfinite(sd) and difference > 0):
+        return None
+    detects = lambda n: detectable_difference(sd, n, comparisons, alpha, power) <= difference
+    if detects(MIN_SEEDS_FOR_TEST):
+        return MIN_SEEDS_FOR_TEST
+    low, high = MIN_SEEDS_FOR_TEST, MIN_SEEDS_FOR_TEST * 2
+    while not detects(high):
+        if high > limit:
+            return None
+        low, high = high, high * 2
+    while high - low > 1:  # detects(high), not detects(low)
+        middle = (low + high) // 2
+        low, high = (low, middle) if detects(middle) else (middle, high)
+    return high
+
+
+def format_p(p: float, replicates: int | None = None) -> str:
+    """A p as a board prints it: '—' where no test ran; below a bootstrap's resolution 1/replicates,
+    'p<1/replicates'; below 0.001, 'p<0.001'."""
+    if not math.isfinite(p):
+        return "—"
+    floor = 1.0 / replicates if replicates else 0.001
+    return f"p<{floor:.3g}" if p < max(floor, 0.001) else f"p={p:.3g}"
