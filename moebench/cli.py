@@ -32,10 +32,15 @@ def comma_list(text: str) -> list[str]:
 
 
 def seed_list(text: str) -> list[int]:
+    """'0,1,2' or a range '0-11' (both ends included), or both: '0-3,7'."""
+    seeds = []
     try:
-        return [int(s) for s in comma_list(text)]
+        for item in comma_list(text):
+            first, dash, last = item.partition("-") if not item.startswith("-") else (item, "", "")
+            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers or ranges like 0-11, got {text!r}") from None
+    return seeds
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML experiment file with any of the options below (command line wins)")
     run.add_argument("--methods", type=comma_list, help="comma list, e.g. vanilla,load_balancing")
     run.add_argument("--tasks", type=comma_list, help="task or group names, e.g. rte,stsb or glue or all")
-    run.add_argument("--seeds", type=seed_list, help="comma list of seeds (default: 0)")
+    run.add_argument("--seeds", type=seed_list, help="comma list of seeds or a range, 0,1,2 or 0-11 (default: 0)")
     run.add_argument("--model", help="BERT-family model id or directory (default: the packaged MiniLM)")
     run.add_argument("--data-dir", help="root of local data (glue/<TASK>/...); default $MOEBENCH_DATA_DIR, else the Hugging Face Hub")
     run.add_argument("--max-train-samples", type=int)
@@ -128,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
     board.add_argument("--format", type=comma_list, default=["md", "csv", "png"],
                        help="comma list of md, csv, tex, html, png (plots) (default: md,csv,png)")
+    power = commands.add_parser("power", help="how many seeds a comparison needs to detect a difference of D points, "
+                                "from a pilot's export or store")
+    power.add_argument("--from-export", metavar="FILE", nargs="+", help="runs exports of the pilot (else its MLflow store)")
+    power.add_argument("--experiment", default="moebench")
+    power.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is")
+    power.add_argument("--tracking-uri", default=None)
+    power.add_argument("--baseline", default="vanilla", help="method the others are compared with (default: vanilla)")
+    power.add_argument("--task", help="a task or family column, e.g. sst2 or glue_avg (default: every score column)")
+    power.add_argument("--difference", type=float, default=1.0, help="difference to detect, in points (score x 100; default: 1)")
+    power.add_argument("--comparisons", type=int, help="methods the planned board compares with the baseline (Holm family; "
+                       "default: the pilot's)")
     status = commands.add_parser("status", help="show a sweep's trials from MLflow, from any process: running ones with "
                                  "progress and ETA, finished ones with scores, failures with reasons")
     status.add_argument("--experiment", default="moebench")
@@ -457,6 +473,31 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return print_leaderboard(uri, args.experiment, output, tuple(args.format), args.baseline)
 
 
+def command_power(args: argparse.Namespace) -> int:
+    from moebench import leaderboard
+    from moebench.export import read_export, records_from_mlflow
+    from moebench.power import describe, plan
+
+    if not args.difference > 0:
+        raise UsageError(f"--difference must be a positive number of points, got {args.difference}")
+    if args.comparisons is not None and args.comparisons < 1:
+        raise UsageError(f"--comparisons must be at least 1, got {args.comparisons}")
+    if args.from_export:
+        for path in args.from_export:
+            if not os.path.isfile(path):
+                raise UsageError(f"--from-export {path!r}: no such file")
+        records = [r for path in args.from_export for r in read_export(path)]
+    else:
+        records = records_from_mlflow(existing_store(args), args.experiment)
+    if not any(r["status"] == "FINISHED" for r in records):
+        raise UsageError(f"no finished runs in {', '.join(args.from_export or [args.experiment])}")
+    board = leaderboard.build(records, records[0]["tags"].get("moebench.experiment", args.experiment), args.baseline, replicates=1)
+    columns = [args.task] if args.task else [c for c in board.score_columns if c in board.power]
+    for column in columns:
+        print(describe(plan(board, column, args.difference, args.comparisons)))
+    return 0
+
+
 def existing_store(args: argparse.Namespace) -> str:
     """The tracking URI that --tracking-uri or --output-dir names, for commands that read a store
     a run made: a default SQLite store that does not exist is a usage error, not a new store."""
@@ -572,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run_actions = parser.run_actions
     args.command_line = shlex.join(["moebench", *argv])  # logged with every run, printed with leaderboards
     commands = {"run": command_run, "list": command_list, "leaderboard": command_leaderboard, "ui": command_ui,
-                "status": command_status}
+                "status": command_status, "power": command_power}
     try:
         return commands[args.command](args)
     except UsageError as error:
