@@ -293,10 +293,8 @@ def missing_trials(runs: pd.DataFrame, kept: pd.DataFrame, broken: pd.Series) ->
     out = []
     for _, run in missing.sort_values("start_time", kind="stable").drop_duplicates(fingerprint, keep="last").iterrows():
         reason = "non-finite score" if broken.get(run.name, False) else run["status"]
-        config = describe_configuration(run, runs.columns, run["params.method"])
-        out.append(f"{run['params.method']}/{run['params.task']}/seed {run['params.seed']}"
-                   + (f" ({config})" if config else "") + f": {reason}")
-    return sorted(out)
+        out.append(f"{run['params.method']}/{run['params.task']}/seed {run['params.seed']}: {reason}")
+    return sorted(set(out))
 
 
 def check_one_budget(runs: pd.DataFrame) -> None:
@@ -671,6 +669,10 @@ def findings(board: Leaderboard) -> str:
         quiet = [m for m, c in table.items() if c.tested and not c.significant]
         untested = [m for m, c in table.items() if not c.tested]
         text = f"- **{title}**: " + ("; ".join(found) + ". " if found else "")
+        degenerate = sum(board.rows[m][column].degenerate for m in board.rows)
+        if degenerate:
+            text += (f"{degenerate} of {sum(board.rows[m][column].n for m in board.rows)} runs are degenerate (†): "
+                     "where most are, the column compares models that did not learn the task. ")
         if quiet:
             text += (f"No difference found for {', '.join(quiet)}; with n={power.seeds} seeds this column detects (80% power) "
                      f"differences of {100 * power.detectable:.2f} points and more, so smaller ones may exist. ")
@@ -840,7 +842,45 @@ def plot_scores(board: Leaderboard, path: str) -> None:
                   rotation=20, ha="right")
     ax.set_ylabel("score × 100 (mean, 95% CI)")
     ax.set_title(board.experiment)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_differences(board: Leaderboard, path: str) -> None:
+    """Forest plot: each row's paired difference to the baseline with its 95% interval, one panel per
+    score column, over the shaded band of differences that column could not detect (80% power).
+    Filled: significant after Holm; hollow: no difference found; grey: not tested (< 3 seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in board.score_columns if board.to_baseline.get(c)]
+    rows = [m for m in board.rows if any(m in board.to_baseline[c] for c in columns)]
+    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(max(5, 3.2 * len(columns)), 1.0 + 0.4 * max(1, len(rows))),
+                             sharey=True, squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        power = board.power.get(column)
+        if power is not None and math.isfinite(power.detectable):
+            ax.axvspan(-100 * power.detectable, 100 * power.detectable, color="0.88", zorder=0)
+        ax.axvline(0, color="0.4", linewidth=0.8)
+        for y, row in enumerate(rows):
+            c = board.to_baseline[column].get(row)
+            if c is None:
+                continue
+            low, high = c.interval
+            color = "C3" if row in board.controls else "C0" if c.tested else "0.6"
+            if math.isfinite(low) and math.isfinite(high):
+                ax.plot([100 * low, 100 * high], [y, y], color=color, linewidth=1.5)
+            ax.plot([100 * c.difference], [y], "o", color=color, markerfacecolor=color if c.significant else "white")
+        detectable = format_detectable(power)
+        ax.set_title(f"{board.column_titles[column]}\ndetectable {detectable}", fontsize="small")
+        ax.set_xlabel(f"− {board.baseline} (× 100)", fontsize="small")
+    axes[0][0].set_yticks(range(len(rows)), rows)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"{board.experiment}: paired difference to {board.baseline}, 95% CI; grey band: not detectable", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -888,6 +928,9 @@ def write(board: Leaderboard, records: list[dict], output_dir: str, formats: tup
         paths += [os.path.join(output_dir, "scores.png"), os.path.join(output_dir, "expert_similarity.png")]
         plot_scores(board, paths[-2])
         plot_similarity(board.runs, paths[-1])
+        if board.to_baseline:
+            paths.append(os.path.join(output_dir, "differences.png"))
+            plot_differences(board, paths[-1])
     for fmt in (f for f in formats if f != "png"):
         paths.append(os.path.join(output_dir, f"leaderboard.{fmt}"))
         with open(paths[-1], "w") as f:

@@ -37,3 +37,44 @@ def test_a_board_split_over_two_exports_rebuilds_the_same(tmp_path):
           "--format", "md"])
     main(["leaderboard", "--from-export", str(folder / "runs.json.gz"), "--output", str(tmp_path / "one"), "--format", "md"])
     assert (tmp_path / "both" / "leaderboard.md").read_text() == (tmp_path / "one" / "leaderboard.md").read_text()
+
+
+REBUILD_ALL = """
+import sys
+from pathlib import Path
+from moebench.cli import main
+out = Path(sys.argv[1])
+for folder in map(Path, sys.argv[2:]):
+    formats = __import__("re").search(r"--format ([a-z,]+)`", (folder / "README.md").read_text()).group(1)
+    assert main(["leaderboard", "--from-export", str(folder / "runs.json.gz"), "--output", str(out / folder.name), "--format", formats]) == 0
+"""
+
+
+def dispatch_disabled() -> str:
+    """Every SIMD target numpy would dispatch to on this CPU (AVX2, AVX-512, AMX-era...), by numpy's own names."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    return " ".join(__cpu_dispatch__)
+
+
+# numpy's SIMD dispatch down to its baseline (no AVX2, AVX-512 or later kernels), OpenBLAS's
+# oldest x86-64 kernels and a changed thread count: one rebuild that differs from the machine's
+# own in every way the issue found to matter (an AMX Xeon wrote other 16th digits than an EPYC).
+CHANGED_DISPATCH = {"NPY_DISABLE_CPU_FEATURES": "dispatch", "OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "2",
+                    "OMP_NUM_THREADS": "2"}
+
+
+def test_every_board_rebuilds_byte_for_byte_under_changed_numeric_dispatch(tmp_path, changes=CHANGED_DISPATCH):
+    """A board must read the same on an AVX2, an AVX-512 and an AMX machine: rebuilt with numpy's
+    SIMD dispatch and OpenBLAS's kernels and threads changed, every file is the published one."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ) | {k: (dispatch_disabled() if v == "dispatch" else v) for k, v in changes.items()}
+    subprocess.run([sys.executable, "-c", REBUILD_ALL, str(tmp_path), *map(str, BOARDS)], env=env, check=True,
+                   capture_output=True)
+    for folder in BOARDS:
+        for published in folder.iterdir():
+            rebuilt = tmp_path / folder.name / published.name
+            assert rebuilt.read_bytes() == published.read_bytes(), f"{folder.name}/{published.name} differs under {changes}"
