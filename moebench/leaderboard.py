@@ -464,8 +464,11 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
                 compared = compare({m: scores[m] for m in group if scores[m]}, reference, example_reps)
                 to_baseline.setdefault(column, {}).update(compared)
                 family = max(family, len(compared))
-        if column in to_baseline:
-            power[column] = column_power(list(to_baseline[column].values()), family)
+        for m, c in to_baseline.get(column, {}).items():
+            c.degenerate = bool(rows[m][column].degenerate or rows[references[m]][column].degenerate)
+        clean = [c for c in to_baseline.get(column, {}).values() if not c.degenerate]  # collapsed runs would shrink the SD
+        if clean:
+            power[column] = column_power(clean, family)
         if candidates:
             best_of[column] = max(candidates, key=lambda m: (sign * rows[m][column].mean, m))
             to_best[column] = compare({m: scores[m] for m in candidates}, best_of[column], example_reps)
@@ -593,6 +596,8 @@ def to_markdown(board: Leaderboard) -> str:
 
 def verdict(c: Comparison, power: "ColumnPower | None") -> str:
     """What a comparison lets one say: higher / lower, ≈ with the difference it could have seen, or no test."""
+    if c.degenerate:
+        return "† (degenerate runs: no verdict)"
     if not c.tested:
         return f"no test (n={c.n})"
     if c.significant:
@@ -665,20 +670,21 @@ def findings(board: Leaderboard) -> str:
         title = board.column_titles[column]
         found = [f"{m} {verdict(c, power)} than the baseline by {100 * abs(c.difference):.2f} points "
                  f"[{100 * c.interval[0]:+.2f}, {100 * c.interval[1]:+.2f}], {format_p(c.p_holm)}, n={c.n}"
-                 + (" (a control)" if m in board.controls else "") for m, c in table.items() if c.significant]
-        quiet = [m for m, c in table.items() if c.tested and not c.significant]
-        untested = [m for m, c in table.items() if not c.tested]
+                 + (" (a control)" if m in board.controls else "") for m, c in table.items() if c.significant and not c.degenerate]
+        quiet = [m for m, c in table.items() if c.tested and not c.significant and not c.degenerate]
+        untested = [m for m, c in table.items() if not c.tested and not c.degenerate]
+        collapsed = [m for m, c in table.items() if c.degenerate]
         text = f"- **{title}**: " + ("; ".join(found) + ". " if found else "")
-        degenerate = sum(board.rows[m][column].degenerate for m in board.rows)
-        if degenerate:
-            text += (f"{degenerate} of {sum(board.rows[m][column].n for m in board.rows)} runs are degenerate (†): "
-                     "where most are, the column compares models that did not learn the task. ")
+        if collapsed:
+            text += (f"No verdict where the row or its baseline has degenerate runs (†, "
+                     + ("in the family's tasks" if column.endswith("_avg") else "models that did not learn the task")
+                     + f"): {', '.join(collapsed)}. ")
         if quiet:
             text += (f"No difference found for {', '.join(quiet)}; with n={power.seeds} seeds this column detects (80% power) "
                      f"differences of {100 * power.detectable:.2f} points and more, so smaller ones may exist. ")
         if untested:
             text += f"Not tested (fewer than {MIN_SEEDS_FOR_TEST} seeds): {', '.join(untested)}. "
-        if power is not None and math.isfinite(power.sd):
+        if power is not None and math.isfinite(power.sd) and (quiet or found):
             text += (f"SD of the per-seed differences {100 * power.sd:.2f} points ({power.df} df, {power.comparisons} "
                      f"comparisons); 1 point would need {format_seeds_needed(power).split(' / ')[0]} seeds, "
                      f"0.5 points {format_seeds_needed(power).split(' / ')[1]}.")

@@ -149,6 +149,7 @@ class Comparison:
     seeds: tuple[int, ...]  # the paired seeds
     sd: float  # SD of the per-seed differences (NaN below 2 seeds)
     procedure: str  # "t" or "examples"
+    degenerate: bool = False  # set by a board: either row's runs are degenerate, so the difference is no verdict
 
     @property
     def n(self) -> int:
