@@ -450,6 +450,7 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
         return 1
     board = leaderboard.build(records, experiment, baseline)
     print(leaderboard.to_markdown(board))
+    print("What this board can say:\n" + leaderboard.findings(board))
     for warning in board.warnings:
         print(f"moebench: warning: {warning}", file=sys.stderr)
     for path in leaderboard.write(board, records, output, tuple(formats)):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from moebench.comparison import is_degenerate, majority_metrics, task_replicates
+from moebench.comparison import COLLAPSED_SPREAD, is_degenerate, majority_metrics, task_replicates
 from moebench.config import LEGACY_DEFAULTS
 from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
@@ -523,7 +523,8 @@ LEGEND = (
     "bootstrap over examples), n seeds; {best} best mean per column (never a control, a degenerate cell or one below "
     "the majority row), {tie} no difference from it found by the paired t over seeds (Holm over the column, p ≥ 0.05; "
     "tested from 3 seeds, fewer: no mark) — read it with the column's detectable difference below; "
-    "†k: k runs with degenerate predictions (constant, collapsed regression, or the majority-class score; for a "
+    "†k: k runs with degenerate predictions (constant, a regressor spreading < {collapsed}× the golds' SD, or the "
+    "majority-class score; for a "
     "family average, in its tasks), never marked or ranked; controls (built to differ from the baseline) come last, "
     "unranked; mean rank over tasks. Diagnostics (on a fixed probe batch, at each run's selected epoch): mean ± std "
     "over all runs of a method."
@@ -582,7 +583,7 @@ def headers(board: Leaderboard) -> list[str]:
 
 def to_markdown(board: Leaderboard) -> str:
     lines = [
-        f"Experiment `{board.experiment}` — " + LEGEND.format(best="**bold**:", tie="≈:"),
+        f"Experiment `{board.experiment}` — " + LEGEND.format(best="**bold**:", tie="≈:", collapsed=COLLAPSED_SPREAD),
         "",
         f"Splits — {board.splits}.",
         "",
@@ -695,7 +696,7 @@ def findings(board: Leaderboard) -> str:
 def to_latex(board: Leaderboard) -> str:
     escape = lambda s: s.replace("_", r"\_").replace("±", r"$\pm$").replace("↓", r"$\downarrow$").replace("†", r"$\dagger$")
     lines = [
-        "% " + LEGEND.format(best="bold:", tie="approx:"),
+        "% " + LEGEND.format(best="bold:", tie="approx:", collapsed=COLLAPSED_SPREAD),
         f"% Splits: {board.splits}.",
         r"\begin{tabular}{l" + "r" * (len(headers(board)) - 1) + "}",
         r"\toprule",
@@ -713,7 +714,7 @@ def to_html(board: Leaderboard) -> str:
 
     cell = lambda tag, text: f"<{tag}>{text}</{tag}>"
     lines = [
-        f"<p>Experiment <code>{escape(board.experiment)}</code>: {escape(LEGEND.format(best='bold:', tie='≈:'))}</p>",
+        f"<p>Experiment <code>{escape(board.experiment)}</code>: {escape(LEGEND.format(best='bold:', tie='≈:', collapsed=COLLAPSED_SPREAD))}</p>",
         f"<p>Splits: {escape(board.splits)}.</p>",
         "<table>",
         "<tr>" + "".join(cell("th", escape(h)) for h in headers(board)) + "</tr>",

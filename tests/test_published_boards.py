@@ -78,3 +78,29 @@ def test_every_board_rebuilds_byte_for_byte_under_changed_numeric_dispatch(tmp_p
         for published in folder.iterdir():
             rebuilt = tmp_path / folder.name / published.name
             assert rebuilt.read_bytes() == published.read_bytes(), f"{folder.name}/{published.name} differs under {changes}"
+
+
+def index_claims() -> list[tuple[str, str]]:
+    """(board folder, bullet text) for every bullet of leaderboards/README.md's "What they can say":
+    a top-level bullet names its board first, its sub-bullets belong to it."""
+    text = (BOARDS[0].parent / "README.md").read_text()
+    section = text[text.index("What they can say"):text.index("Retired:")]
+    claims, folders = [], []
+    for bullet in re.split(r"\n(?=\s*- )", section)[1:]:
+        if not bullet.startswith(" "):
+            folders = re.findall(r"`([a-z0-9-]+)`", bullet.split(":")[0].split("(")[0])
+        claims += [(folder, bullet) for folder in folders[:1]] if len(folders) <= 1 else [(f, bullet) for f in folders]
+    return claims
+
+
+def test_every_number_in_the_index_is_on_its_board():
+    """Prose from data: each decimal and each n= of leaderboards/README.md's claims is printed by the
+    board the claim is about (its README or table), so a rebuilt board cannot leave the index behind."""
+    claims = index_claims()
+    assert {folder for folder, _ in claims} == {p.name for p in BOARDS}
+    for folder, bullet in claims:
+        board = " ".join((BOARDS[0].parent / folder / name).read_text() for name in ("README.md", "leaderboard.md"))
+        on_board = set(re.findall(r"(?<![\d.])\d+\.\d+(?![\d])", board)) | set(re.findall(r"n=\d+", board))
+        numbers = re.findall(r"(?<![\d.])\d+\.\d+(?![\d])", bullet) + re.findall(r"n=\d+", bullet)
+        missing = [n for n in numbers if n not in on_board]
+        assert not missing, f"{folder}: {missing} are not on the board, in: {bullet.strip()[:120]}"
