@@ -51,16 +51,16 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
 
     table = pd.read_csv(out / "leaderboard" / "leaderboard.csv").set_index("method")
     for (method, task), group in runs.groupby(["params.method", "params.task"]):
-        assert table.loc[method, f"{task}_mean"] == pytest.approx(group["metrics.main_score"].mean(), abs=1e-12)
+        assert table.loc[method, f"{task}_mean"] == pytest.approx(group["metrics.main_score"].mean(), rel=1e-7)  # the CSV holds 8 significant digits
         assert table.loc[method, f"{task}_n"] == 2
     stsb = runs[runs["params.task"] == "stsb"]  # the GLUE score counts STS-B's two correlations
     assert stsb["metrics.family_score"].tolist() == pytest.approx(((stsb["metrics.pearson"] + stsb["metrics.spearman"]) / 2).tolist())
     vanilla = runs[runs["params.method"] == "vanilla"]
     per_seed = vanilla.groupby("params.seed")["metrics.family_score"].mean()
-    assert table.loc["vanilla", "glue_avg_mean"] == pytest.approx(per_seed.mean(), abs=1e-12)
+    assert table.loc["vanilla", "glue_avg_mean"] == pytest.approx(per_seed.mean(), rel=1e-7)
     markdown = (out / "leaderboard" / "leaderboard.md").read_text()
     assert markdown in result.stdout and "GLUE avg" in markdown and "expert CKA" in markdown
-    assert table.loc["vanilla", "expert_cka_mean"] == pytest.approx(vanilla["metrics.expert_cka"].mean(), abs=1e-12)
+    assert table.loc["vanilla", "expert_cka_mean"] == pytest.approx(vanilla["metrics.expert_cka"].mean(), rel=1e-7)
     assert runs["metrics.routing_entropy"].between(0, 1).all() and (runs["metrics.dead_experts"] >= 0).all()
 
     rebuilt = subprocess.run([sys.executable, "-m", "moebench.cli", "leaderboard", "--experiment", "e2e",

@@ -368,7 +368,7 @@ def test_a_sweep_on_a_server_that_goes_down_and_comes_back_loses_no_trial(tmp_pa
     for method in ("vanilla", "load_balancing"):
         scores = [r.data.metrics["main_score"] for r in runs if r.data.params["method"] == method]
         assert table.loc[method, "rte_n"] == 2
-        assert table.loc[method, "rte_mean"] == pytest.approx(sum(scores) / 2, abs=1e-12)
+        assert table.loc[method, "rte_mean"] == pytest.approx(sum(scores) / 2, rel=1e-7)  # the CSV holds 8 significant digits
     assert "majority (no training)" in capsys.readouterr().out
 
     # A sweep that ended with the server still away left a journal: the next run logs it before
