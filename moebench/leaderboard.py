@@ -466,7 +466,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
                 family = max(family, len(compared))
         for m, c in to_baseline.get(column, {}).items():
             c.degenerate = bool(rows[m][column].degenerate or rows[references[m]][column].degenerate)
-        clean = [c for c in to_baseline.get(column, {}).values() if not c.degenerate]  # collapsed runs would shrink the SD
+        # collapsed runs would shrink the SD, and a control's is no method's
+        clean = [c for m, c in to_baseline.get(column, {}).items() if not c.degenerate and m not in controls]
         if clean:
             power[column] = column_power(clean, family)
         if candidates:

@@ -74,7 +74,7 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
                                   "--output", "board"], capture_output=True, text=True, cwd=exported)
     assert from_export.returncode == 0, from_export.stderr
     files = sorted(p.name for p in (out / "leaderboard").iterdir())
-    assert files == ["README.md", "expert_similarity.png", "leaderboard.csv", "leaderboard.md", "runs.json.gz", "scores.png"]
+    assert files == ["README.md", "differences.png", "expert_similarity.png", "leaderboard.csv", "leaderboard.md", "runs.json.gz", "scores.png"]
     for name in files:
         assert (tmp_path / "again" / name).read_bytes() == (out / "leaderboard" / name).read_bytes(), name
         assert (exported / "board" / name).read_bytes() == (out / "leaderboard" / name).read_bytes(), name
