@@ -687,8 +687,9 @@ def findings(board: Leaderboard) -> str:
         if untested:
             text += f"Not tested (fewer than {MIN_SEEDS_FOR_TEST} seeds): {', '.join(untested)}. "
         if power is not None and math.isfinite(power.sd) and (quiet or found):
-            text += (f"SD of the per-seed differences {100 * power.sd:.2f} points ({power.df} df, {power.comparisons} "
-                     f"comparisons); 1 point would need {format_seeds_needed(power).split(' / ')[0]} seeds, "
+            rough = ": a rough estimate" if power.df < 10 else ""
+            text += (f"SD of the per-seed differences {100 * power.sd:.2f} points ({power.df} df{rough}; Holm over "
+                     f"{power.comparisons}); 1 point would need {format_seeds_needed(power).split(' / ')[0]} seeds, "
                      f"0.5 points {format_seeds_needed(power).split(' / ')[1]}.")
         lines.append(text.rstrip())
     return "\n".join(lines) + "\n"
