@@ -284,7 +284,7 @@ def current_runs(runs: pd.DataFrame, warnings: list[str], left_out: list[str] | 
 
 
 def missing_trials(runs: pd.DataFrame, kept: pd.DataFrame, broken: pd.Series) -> list[str]:
-    """Trials (fingerprints) of `runs` with no run in `kept`: 'method/task/seed N (config): reason',
+    """Trials (fingerprints) of `runs` with no run in `kept`: 'method/task/seed N: reason',
     the reason read from the trial's newest run (its status, or its non-finite score)."""
     fingerprint = f"tags.{TAG_FINGERPRINT}"
     if fingerprint not in runs:
