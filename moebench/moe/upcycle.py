@@ -401,12 +401,3 @@ def load_tokenizer(name_or_path: str):
 def build_moe_model(name_or_path: str, auto_class: str, moe: MoEConfig | None, seed: int = 0,
                     importance: list[torch.Tensor] | None = None, **head_kwargs) -> MoEModel:
     return MoEModel(load_pretrained(name_or_path, auto_class, **head_kwargs), moe, seed=seed, importance=importance)
-
-
-
-def check_model(name_or_path: str) -> None:
-    """Fail fast, before any trial starts, on a model that cannot be loaded (its config.json,
-    weights and tokenizer; moebench.preflight.model_config, which reads no weights)."""
-    from moebench.preflight import model_config
-
-    model_config(name_or_path)
