@@ -252,7 +252,11 @@ def validate(cfg, named: set[str] = frozenset()):
     skipped = {}
     for task in cfg.tasks:
         try:
-            check_task_data(task, cfg.train, data_dir)
+            check_task_data(task, cfg.task_train(task), data_dir)
+            if cfg.task_train(task) != cfg.train:
+                halves = cfg.task_train(task)
+                print(f"moebench: {task} has no training split in {data_dir}: it trains on {halves.train_split} "
+                      f"and reports on {halves.report_split}", file=sys.stderr)
         except DataError:
             raise  # a malformed file stops the run even in a group: it is there, so it was meant to be read
         except UsageError as error:

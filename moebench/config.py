@@ -20,7 +20,7 @@ from moebench.method import parse_params, params_as_dict
 from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
 from moebench.splits import Split
-from moebench.task import resolve_data_dir, task_groups
+from moebench.task import has_local_split, resolve_data_dir, task_groups
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -79,6 +79,9 @@ class TrainConfig:
 
 
 HELD_OUT_FRACTION, HELD_OUT_MAX = 0.1, 2000
+# Where a task's data dir has no training split (BoolQ, QNLI in ../shared/data) and the split
+# options were left at their defaults, its trials train on one half of validation, report on the other.
+VALIDATION_HALVES = ("validation[:50%]", "validation[50%:]")
 TRAIN_SEARCH_SPACE = {"lr": [2e-5, 5e-5, 1e-4, 2e-4]}  # joins every method's space: vanilla is tuned too
 
 
@@ -275,7 +278,7 @@ class RunConfig:
             for overrides in self.method_configurations(m):
                 train = {k.removeprefix("train."): v for k, v in overrides.items() if k.startswith("train.")}
                 params = params_as_dict(parse_params(METHODS.get(m), {k: v for k, v in overrides.items() if not k.startswith("train.")}))
-                configurations[m].append((params, train_options(self.train, train)))
+                configurations[m].append((params, train))
         model_identity = model_id(model)
         data_identity = {t: data_id(TASKS.get(t), data_dir, self.split_names(t)) for t in self.tasks}
         trials = {}  # fingerprint -> trial: a dense trial is one trial whatever the upcycling modes
@@ -283,7 +286,8 @@ class RunConfig:
             for m in self.methods:
                 moes = [dataclasses.replace(self.moe, upcycle=mode) for mode in self.upcycle] if METHODS.get(m).uses_moe else [None]
                 for moe in moes:
-                    for params, train in configurations[m]:
+                    for params, searched_train in configurations[m]:
+                        train = train_options(self.task_train(t), searched_train)
                         for s in self.seeds:
                             trial = TrialConfig(m, t, s, model, data_dir, train, moe, params, model_identity, data_identity[t],
                                                 search, searched, self.deterministic, feature_cache=self.feature_cache_dir())
@@ -298,10 +302,26 @@ class RunConfig:
         """The named splits a task's trials read (for the data's identity)."""
         from moebench.task import report_splits
 
-        expressions = [self.train.train_split, *report_splits(TASKS.get(task), self.train.report_split).values()]
-        if self.train.select_split:
-            expressions.append(self.train.select_split)
+        train = self.task_train(task)
+        expressions = [train.train_split, *report_splits(TASKS.get(task), train.report_split).values()]
+        if train.select_split:
+            expressions.append(train.select_split)
         return list(dict.fromkeys(Split.parse(e).name for e in expressions))
+
+    def task_train(self, task: str) -> TrainConfig:
+        """The training options of one task's trials: the run's, except that a task whose data dir
+        has no training split trains on VALIDATION_HALVES when the split options are the defaults
+        (the trial's params and the board then say so)."""
+        defaults = TrainConfig()
+        if ((self.train.train_split, self.train.select_split, self.train.report_split)
+                != (defaults.train_split, defaults.select_split, defaults.report_split)):
+            return self.train
+        task_plugin = TASKS.get(task)
+        if (len(getattr(task_plugin, "eval_splits", {"": "validation"})) != 1
+                or has_local_split(task_plugin, defaults.train_split, resolve_data_dir(self.data_dir))):
+            return self.train
+        train_split, report_split = VALIDATION_HALVES
+        return dataclasses.replace(self.train, train_split=train_split, report_split=report_split)
 
 
 def train_options(base: TrainConfig, overrides: dict[str, str]) -> TrainConfig:

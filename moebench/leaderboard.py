@@ -95,7 +95,7 @@ class Leaderboard:
     @property
     def splits(self) -> str:
         """Which split trained, which selected and which reported (from the runs' tags)."""
-        return " | ".join(distinct(self.runs, f"tags.{TAG_SPLITS}")) or "unknown"
+        return " | ".join(splits_by_task(self.runs)) or "unknown"
 
     @property
     def task_columns(self) -> list[str]:
@@ -775,6 +775,20 @@ def distinct(runs: pd.DataFrame, column: str) -> list[str]:
     return sorted(str(v) for v in runs[column].dropna().unique()) if column in runs else []
 
 
+def splits_by_task(runs: pd.DataFrame) -> list[str]:
+    """How the runs used their data, once per distinct way; named with its tasks where tasks differ
+    (a task with no training split trains on half of its validation split)."""
+    column = f"tags.{TAG_SPLITS}"
+    if column not in runs:
+        return []
+    tasks_of: dict[str, set[str]] = {}
+    for task, splits in runs[["params.task", column]].dropna().itertuples(index=False):
+        tasks_of.setdefault(str(splits), set()).add(str(task))
+    if len(tasks_of) <= 1:
+        return list(tasks_of)
+    return [f"{', '.join(sorted(tasks))}: {splits}" for splits, tasks in sorted(tasks_of.items(), key=lambda item: sorted(item[1]))]
+
+
 EXPORT_FILE = "runs.json.gz"
 
 
@@ -793,7 +807,7 @@ def provenance(board: Leaderboard, formats: tuple[str, ...] = ("md", "csv", "png
         to_markdown(board),
         "## How methods were compared",
         "",
-        f"- Splits: {bullet(distinct(runs, 'tags.moebench.splits'))}. The select split chose each run's epoch "
+        f"- Splits: {bullet(splits_by_task(runs))}. The select split chose each run's epoch "
         "and, with a search, each method's configuration; the report split gave the numbers above.",
         f"- Configurations tried per method and task: "
         + (", ".join(f"{m} {n}" for m, n in sorted(board.configurations.items())) or "1") + ".",

@@ -150,6 +150,18 @@ def check_splits(task: Task, data_dir: str | None, splits: list[str], known: lis
         raise UsageError(f"task {task.name!r}: no local data at {', '.join(missing)} (--data-dir expects {layout})")
 
 
+def has_local_split(task: Task, split: str, data_dir: str | None) -> bool:
+    """Whether this data dir holds the split's file. Without a data dir (the hub, which has every
+    split) or for a plugin that reads no local files of its own, assume it does."""
+    local_path = getattr(task, "local_path", None)
+    if data_dir is None or local_path is None:
+        return True
+    try:
+        return os.path.isfile(local_path(data_dir, split))
+    except KeyError:  # not a split the task knows
+        return False
+
+
 FAMILY_ORDER = ("glue", "superglue", "qa", "ner")  # plugin families follow, by name
 
 

@@ -76,13 +76,19 @@ def wic(row: dict) -> list[dict]:
     return [{"texts": texts, "label": label_id(row["label"], ("False", "True"))}]
 
 
+def normal_word(word: str) -> str:
+    word = word.strip(string.punctuation).lower()
+    return word.removesuffix("'s").removesuffix("\u2019s")
+
+
 def find_span(words: list[str], index: int, span_text: str) -> int | None:
     """Word index of `span_text`: the given one when it matches, else the nearest match (the
-    original WSC data has a few off-by-one indices; the hub's `wsc.fixed` repairs them too)."""
-    target = [w.strip(string.punctuation).lower() for w in span_text.split()]
+    original WSC data has a few off-by-one indices; the hub's `wsc.fixed` repairs them too). A
+    possessive matches its noun: the training split marks "Emma" in "Emma's mother"."""
+    target = [normal_word(w) for w in span_text.split()]
 
     def matches(i: int) -> bool:
-        return [w.strip(string.punctuation).lower() for w in words[i : i + len(target)]] == target
+        return [normal_word(w) for w in words[i : i + len(target)]] == target
 
     candidates = sorted(range(len(words)), key=lambda i: abs(i - index))
     return next((i for i in candidates if matches(i)), None)

@@ -54,3 +54,41 @@ def test_collate_pads_tokens_labels_and_choices():
     assert batch["input_ids"].shape == (2, 2, 3)
     assert batch["input_ids"][1].tolist() == [[4, 7, 7], [5, 6, 7]]
     assert torch.equal(batch["labels"], torch.tensor([1, 0]))
+
+
+def _superglue_dir(tmp_path, with_train):
+    for task, has_train in with_train.items():
+        folder = tmp_path / "superglue" / task
+        folder.mkdir(parents=True)
+        (folder / "val.jsonl").write_text("")
+        if has_train:
+            (folder / "train.jsonl").write_text("")
+    return str(tmp_path)
+
+
+def test_a_task_without_a_training_split_trains_on_half_of_validation(tmp_path):
+    from moebench.config import VALIDATION_HALVES, RunConfig, TrainConfig
+
+    data_dir = _superglue_dir(tmp_path, {"BoolQ": False, "CB": True})
+    cfg = RunConfig(methods=("vanilla",), tasks=("boolq", "cb"), model="m", data_dir=data_dir)
+    assert (cfg.task_train("boolq").train_split, cfg.task_train("boolq").report_split) == VALIDATION_HALVES
+    assert cfg.task_train("cb") == cfg.train  # its training split is there: used as is
+    assert cfg.split_names("boolq") == ["validation"]
+    # split options the user set are theirs, for every task
+    chosen = TrainConfig(train_split="validation[:30%]", report_split="validation[30%:]")
+    cfg = RunConfig(methods=("vanilla",), tasks=("boolq",), model="m", data_dir=data_dir, train=chosen)
+    assert cfg.task_train("boolq") == chosen
+    # from the hub every split exists
+    assert RunConfig(methods=("vanilla",), tasks=("boolq",), model="m", data_dir=None).task_train("boolq").train_split == "train"
+
+
+def test_the_board_names_the_tasks_of_each_way_of_splitting():
+    import pandas as pd
+
+    from moebench.leaderboard import splits_by_task
+
+    same = pd.DataFrame({"params.task": ["cb", "wic"], "tags.moebench.splits": ["train: train", "train: train"]})
+    assert splits_by_task(same) == ["train: train"]
+    mixed = pd.DataFrame({"params.task": ["cb", "boolq", "wic", "boolq"],
+                          "tags.moebench.splits": ["train: train", "train: validation[:50%]", "train: train", "train: validation[:50%]"]})
+    assert splits_by_task(mixed) == ["boolq: train: validation[:50%]", "cb, wic: train: train"]
