@@ -13,18 +13,8 @@ import shlex
 import sys
 
 from moebench.errors import UsageError
+from moebench.experiment import DEFAULT_BASELINE, DEFAULT_OUTPUT_DIR, resolve_run_options
 
-DEFAULT_OUTPUT_DIR = "moebench-runs"
-RUN_DEFAULTS = {
-    "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None,
-    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None, "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32, "eval_batch_size": 128, "group_by_length": True,
-    "precision": "fp32", "deterministic": False,
-    "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "num_experts": 4, "top_k": 2, "moe_layers": "all",
-    "router_jitter": 0.0, "router_init_std": 0.02, "renormalize": None, "upcycle": ["copy"], "upcycle_noise": 0.05,
-    "upcycle_ratio": 0.5, "share_neurons": 0, "split_by": "random", "overrides": [], "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR,
-    "tracking_uri": None, "address": None, "cpus_per_trial": 1.0, "gpus_per_trial": None,
-    "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False, "baseline": "vanilla",
-}
 
 
 def comma_list(text: str) -> list[str]:
@@ -115,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-samples", type=int, help="configurations per method for --search random (default: 1)")
     run.add_argument("--scheduler", help="fifo (default) or asha (needs --search): stop weak configurations early, "
                                          "all seeds together, per method and task")
-    run.add_argument("--baseline", help="method the board compares every other with (default: vanilla)")
+    run.add_argument("--baseline", help=f"method the board compares every other with (default: {DEFAULT_BASELINE})")
     run.add_argument("--allow-dirty", action="store_true", help="run from a moebench checkout with uncommitted changes "
                                                                  "(recorded as <commit>-dirty)")
     parser.run_actions = {action.dest: action for action in run._actions}
@@ -127,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--experiment", default="moebench")
     board.add_argument("--from-export", metavar="FILE", nargs="+", help="build from runs exports (runs.json.gz in every board "
                        "folder; several: one board of all their runs, e.g. from two stores) instead of an MLflow store")
-    board.add_argument("--baseline", default="vanilla", help="method every other is compared with (default: vanilla)")
+    board.add_argument("--baseline", default=DEFAULT_BASELINE, help=f"method every other is compared with (default: {DEFAULT_BASELINE})")
     board.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is and tables go")
     board.add_argument("--tracking-uri", default=None)
     board.add_argument("--output", default=None, help="directory for the tables (default: <output-dir>/leaderboard)")
@@ -139,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     power.add_argument("--experiment", default="moebench")
     power.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the default MLflow store is")
     power.add_argument("--tracking-uri", default=None)
-    power.add_argument("--baseline", default="vanilla", help="method the others are compared with (default: vanilla)")
+    power.add_argument("--baseline", default=DEFAULT_BASELINE, help=f"method the others are compared with (default: {DEFAULT_BASELINE})")
     power.add_argument("--task", help="a task or family column, e.g. sst2 or glue_avg (default: every score column)")
     power.add_argument("--difference", type=float, default=1.0, help="difference to detect, in points (score x 100; default: 1)")
     power.add_argument("--comparisons", type=int, help="methods the planned board compares with the baseline (Holm family; "
@@ -157,27 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     return parser
-
-
-def resolve_run_options(args: argparse.Namespace, actions: dict[str, argparse.Action]) -> argparse.Namespace:
-    """Defaults, then the experiment file, then what the command line gave."""
-    from moebench.experiment import load_experiment, option_lines
-
-    given = vars(args)
-    options = dict(RUN_DEFAULTS)
-    file_lines = {}  # options the file gave and the command line did not -> their line in the file
-    if given.get("config"):
-        file_options = load_experiment(given["config"], actions)
-        options.update(file_options)
-        lines = option_lines(given["config"])
-        file_lines = {k: lines[k] for k in file_options if k not in given and k in lines}
-    from_file = options["overrides"]
-    options.update({k: v for k, v in given.items() if k in RUN_DEFAULTS})
-    options["overrides"] = from_file + given.get("overrides", [])  # a --set on the command line wins over the file's
-    for required in ("methods", "tasks"):
-        if not options[required]:
-            raise UsageError(f"--{required} is required (on the command line or as `{required}:` in --config)")
-    return argparse.Namespace(**{**given, **options, "file_lines": file_lines})
 
 
 @contextlib.contextmanager
@@ -436,7 +405,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png"),
-                      baseline: str = "vanilla", exports: list[str] | None = None) -> int:
+                      baseline: str = DEFAULT_BASELINE, exports: list[str] | None = None) -> int:
     """Build the board from MLflow (or from an export), print it, write its folder."""
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow

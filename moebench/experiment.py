@@ -1,4 +1,5 @@
-"""Experiment files: the options of `moebench run` in YAML.
+"""The options of `moebench run`: their defaults, experiment files that set them in YAML, and the
+order in which defaults, file and command line combine.
 
 Keys are the command-line options without dashes (`max_train_samples` or `max-train-samples`);
 `methods` and `tasks` take a list or a comma string; `set` takes {method: {param: value}}.
@@ -11,13 +12,51 @@ import argparse
 import difflib
 from typing import Any
 
-import yaml
-
 from moebench.errors import UsageError
+
+DEFAULT_OUTPUT_DIR = "moebench-runs"
+DEFAULT_BASELINE = "vanilla"  # the method every other is compared with
+# The command line's defaults: the values of the configs they fill (TrainConfig, MoEConfig,
+# RunConfig; tests/test_experiment.py ties them), plus the options that have no config field.
+RUN_DEFAULTS = {
+    "methods": None, "tasks": None, "seeds": [0], "model": None, "data_dir": None, "overrides": [], "baseline": DEFAULT_BASELINE,
+    # TrainConfig
+    "max_train_samples": None, "max_eval_samples": None, "train_split": "train", "select_split": None, "report_split": None,
+    "select": "best", "epochs": 3, "max_seq_length": 128, "batch_size": 32, "eval_batch_size": 128, "group_by_length": True,
+    "precision": "fp32", "lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
+    # MoEConfig (moe_layers: its `layers`) and the upcycling modes compared
+    "num_experts": 4, "top_k": 2, "moe_layers": "all", "router_jitter": 0.0, "router_init_std": 0.02, "renormalize": None,
+    "upcycle": ["copy"], "upcycle_noise": 0.05, "upcycle_ratio": 0.5, "share_neurons": 0, "split_by": "random",
+    # RunConfig
+    "experiment": "moebench", "output_dir": DEFAULT_OUTPUT_DIR, "tracking_uri": None, "address": None, "cpus_per_trial": 1.0,
+    "gpus_per_trial": None, "search": "none", "num_samples": 1, "scheduler": "fifo", "search_space": {}, "allow_dirty": False,
+    "deterministic": False,
+}
+
+
+def resolve_run_options(args: argparse.Namespace, actions: dict[str, argparse.Action]) -> argparse.Namespace:
+    """Defaults, then the experiment file, then what the command line gave."""
+    given = vars(args)
+    options = dict(RUN_DEFAULTS)
+    file_lines = {}  # options the file gave and the command line did not -> their line in the file
+    if given.get("config"):
+        file_options = load_experiment(given["config"], actions)
+        options.update(file_options)
+        lines = option_lines(given["config"])
+        file_lines = {k: lines[k] for k in file_options if k not in given and k in lines}
+    from_file = options["overrides"]
+    options.update({k: v for k, v in given.items() if k in RUN_DEFAULTS})
+    options["overrides"] = from_file + given.get("overrides", [])  # a --set on the command line wins over the file's
+    for required in ("methods", "tasks"):
+        if not options[required]:
+            raise UsageError(f"--{required} is required (on the command line or as `{required}:` in --config)")
+    return argparse.Namespace(**{**given, **options, "file_lines": file_lines})
 
 
 def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str, Any]:
     """Options from an experiment file, converted with the same types as the command line."""
+    import yaml  # here, not at the top: the CLI imports this module for every command, --help too
+
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -63,14 +102,14 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
 
 def may_be_null(dest: str) -> bool:
     """Options whose default is None (no subset, the packaged model, ...) take null; the others need a value."""
-    from moebench.cli import RUN_DEFAULTS
-
     return RUN_DEFAULTS.get(dest) is None
 
 
 def option_lines(path: str) -> dict[str, int]:
     """Option (dest) -> its line in an experiment file that load_experiment has read, so that
     a value the file gave and a later check refuses is reported with its file and line."""
+    import yaml
+
     with open(path, encoding="utf-8") as f:
         root = yaml.compose(f.read())
     if root is None or not isinstance(root.value, list):

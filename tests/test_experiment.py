@@ -60,3 +60,50 @@ def test_a_yaml_experiment_runs_from_the_cli(tmp_path, data_dir, tiny_model_dir)
     run = mlflow.search_runs(experiment_names=["yaml"]).iloc[0]
     assert run["status"] == "FINISHED"
     assert run["params.train.lr"] == "0.001" and run["params.train.epochs"] == "1" and run["params.simsmoe.sim_threshold"] == "0.25"
+
+
+def test_the_command_lines_defaults_are_the_configs_defaults():
+    """One source of each default: RUN_DEFAULTS fills the configs with their own field defaults."""
+    import dataclasses
+
+    from moebench.config import RunConfig, TrainConfig
+    from moebench.experiment import RUN_DEFAULTS
+    from moebench.moe.upcycle import MoEConfig
+
+    as_option = {"layers": "moe_layers", "upcycle": None}  # RunConfig holds the upcycling modes compared
+    for config in (TrainConfig, MoEConfig):
+        for f in dataclasses.fields(config):
+            option = as_option.get(f.name, f.name)
+            if option is not None and option in RUN_DEFAULTS:
+                assert RUN_DEFAULTS[option] == f.default, f"{option}: {RUN_DEFAULTS[option]!r} != {config.__name__}.{f.name} {f.default!r}"
+    run = RunConfig(methods=("vanilla",), tasks=("rte",))
+    for f in dataclasses.fields(RunConfig):
+        if f.name in RUN_DEFAULTS and f.name not in ("methods", "tasks"):
+            value = getattr(run, f.name)
+            assert RUN_DEFAULTS[f.name] == (list(value) if isinstance(value, tuple) else value), f.name
+    assert run.train == TrainConfig() and run.moe == MoEConfig() and run.upcycle == (MoEConfig().upcycle,)
+
+
+def test_the_help_states_the_defaults_that_apply():
+    import re
+
+    from moebench.experiment import RUN_DEFAULTS
+
+    parser = build_parser()
+    words = {"on": True, "off": False}
+    checked = 0
+    for dest, action in parser.run_actions.items():
+        stated = re.search(r"\(default: ([\w.+-]+)\)", action.help or "")
+        if not stated or dest not in RUN_DEFAULTS:
+            continue
+        text = stated[1]
+        default = RUN_DEFAULTS[dest]
+        default = default[0] if isinstance(default, list) and len(default) == 1 else default
+        if text in words:
+            assert default is words[text], dest
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert float(text) == default, dest
+        else:
+            assert text == str(default), dest
+        checked += 1
+    assert checked >= 20

@@ -17,13 +17,9 @@ reports how many experts each token actually used (`experts_per_token`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from moebench.moe.layer import MoEFeedForward
 
 
 @dataclass
@@ -38,6 +34,8 @@ class Gate(nn.Module):
     """A method's router for one MoE layer.
 
     forward(layer, x, token_mask, token_ids) -> Gating
+      layer      the MoE layer it routes (moebench.moe.layer, which imports this module): its
+                 router, num_experts, top_k and renormalize
       x          (T, d) the layer's input tokens; padding rows included where `token_mask` is given
       token_mask (T,) bool, False on padding (which must get no valid slot: the dispatch drops its
                  slots anyway, but capacity-style gates must not count or choose it); None: all real
@@ -45,7 +43,7 @@ class Gate(nn.Module):
     `self.training` says whether this is a training forward (the layer's mode).
     """
 
-    def forward(self, layer: "MoEFeedForward", x: torch.Tensor, token_mask: torch.Tensor | None,
+    def forward(self, layer: nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None,
                 token_ids: torch.Tensor | None) -> Gating:
         raise NotImplementedError
 
@@ -70,6 +68,6 @@ def all_experts_gating(logits: torch.Tensor, weight: torch.Tensor, mask: torch.T
     return Gating(logits, index, weight.masked_fill(~mask, 0.0), mask)
 
 
-def freeze_router(layer: "MoEFeedForward") -> None:
+def freeze_router(layer: nn.Module) -> None:
     """For gates that do not use the learned router: leave it out of the optimizer."""
     layer.router.weight.requires_grad_(False)
