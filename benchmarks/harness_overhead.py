@@ -19,7 +19,8 @@ import torch
 
 from moebench.moe.upcycle import MoEConfig, build_moe_model, default_model_path, load_tokenizer
 from moebench.registry import TASKS
-from moebench.train import batches, lr_lambda, subset
+from moebench.splits import subset
+from moebench.train import batches, lr_lambda
 
 
 def bare_loop(args) -> float:

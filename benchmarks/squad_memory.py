@@ -40,7 +40,7 @@ def peak_mb() -> float:
 def roles(args, task):
     """(train, select, report) examples of the budget."""
     from moebench.config import TrainConfig
-    from moebench.train import hold_out, load_roles
+    from moebench.splits import hold_out, load_roles
 
     if not args.repeat_to:
         train, select, report = load_roles(task, TrainConfig(train_split="validation[:50%]", report_split="validation[50%:]"),

@@ -212,6 +212,8 @@ def validate(cfg, named: set[str] = frozenset()):
 
     from moebench.errors import DataError
     from moebench.preflight import check_environment
+    from moebench.registry import TASKS
+    from moebench.splits import check_roles
     from moebench.task import resolve_data_dir
 
     check_environment(cfg)  # output dir, tracking store, resources, the model's config.json, memory
@@ -221,11 +223,11 @@ def validate(cfg, named: set[str] = frozenset()):
     skipped = {}
     for task in cfg.tasks:
         try:
-            check_task_data(task, cfg.task_train(task), data_dir)
-            if cfg.task_train(task) != cfg.train:
-                halves = cfg.task_train(task)
-                print(f"moebench: {task} has no training split in {data_dir}: it trains on {halves.train_split} "
-                      f"and reports on {halves.report_split}", file=sys.stderr)
+            train = cfg.task_train(task)
+            check_roles(TASKS.get(task), train, data_dir)
+            if train != cfg.train:
+                print(f"moebench: {task} has no training split in {data_dir}: it trains on {train.train_split} "
+                      f"and reports on {train.report_split}", file=sys.stderr)
         except DataError:
             raise  # a malformed file stops the run even in a group: it is there, so it was meant to be read
         except UsageError as error:
@@ -251,51 +253,6 @@ def check_task_metrics(names) -> None:
 
     for name in names:
         check_metric(TASKS.get(name))
-
-
-def check_task_data(name: str, train, data_dir: str | None) -> None:
-    """The splits a trial will read exist, and the train, select and report rows are disjoint."""
-    from moebench.registry import TASKS
-    from moebench.splits import Split
-    from moebench.task import report_splits
-
-    task = TASKS.get(name)
-    roles = {"--train-split": Split.parse(train.train_split, "--train-split")}
-    if train.select_split:
-        roles["--select-split"] = Split.parse(train.select_split, "--select-split")
-    for i, expression in enumerate(report_splits(task, train.report_split).values()):
-        roles["--report-split" if i == 0 else f"report split {i + 1}"] = Split.parse(expression, "--report-split")
-    task.check_data(data_dir, list(dict.fromkeys(split.name for split in roles.values())))
-    sizes = load_task_splits(task, roles, data_dir, held_out=not train.select_split)
-    items = list(roles.items())
-    for i, (flag, split) in enumerate(items):
-        for other_flag, other in items[i + 1:]:
-            if split.name != other.name:
-                continue
-            if split.overlaps(other, sizes[split.name]):
-                raise UsageError(f"task {name!r}: {flag} {split} and {other_flag} {other} overlap; give disjoint parts, "
-                                 f"e.g. {split.name}[:60%], {split.name}[60%:80%] and {split.name}[80%:]")
-
-
-def load_task_splits(task, roles: dict, data_dir: str | None, held_out: bool) -> dict[str, int]:
-    """Read every split a task's trials need, once, in the driver and before Ray starts: a bad
-    file is then one usage error naming its file and line (the loaders raise DataError), not a
-    failure in every trial. The examples stay cached for later driver steps (task.load_examples).
-    Refuses a slice that selects no rows. Returns each named split's size."""
-    from moebench.task import load_examples
-
-    sizes: dict[str, int] = {}
-    for flag, split in roles.items():
-        if split.name not in sizes:
-            sizes[split.name] = len(load_examples(task, split.name, data_dir))
-        start, stop = split.bounds(sizes[split.name])
-        if stop <= start:
-            raise UsageError(f"task {task.name!r}: {flag} {split} selects none of the {sizes[split.name]} examples of "
-                             f"{split.name}")
-        if flag == "--train-split" and held_out and stop - start < 2:
-            raise UsageError(f"task {task.name!r}: --train-split {split} has {stop - start} example, too few to hold out a "
-                             "selection slice; give --select-split")
-    return sizes
 
 
 def check_clean_checkout(allow_dirty: bool) -> None:
@@ -497,7 +454,7 @@ def command_ui(args: argparse.Namespace) -> int:
         return 0
     from mlflow.tracking import MlflowClient
 
-    from moebench.tracking import named_experiment
+    from moebench.store import named_experiment
 
     experiment = named_experiment(MlflowClient(uri), uri, args.experiment)
     def stop(signum, frame):

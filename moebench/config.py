@@ -19,7 +19,7 @@ from moebench.errors import UsageError
 from moebench.method import parse_params, params_as_dict
 from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
-from moebench.splits import Split
+from moebench.splits import VALIDATION_HALVES, Split
 from moebench.task import has_local_split, resolve_data_dir, task_groups
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     train_split: str = "train"  # `datasets` split syntax, e.g. "validation[:50%]"
     # Three roles: train on train_split, choose the epoch (and, with a search, the configuration)
     # on select_split, publish the score on report_split. None: a fixed held-out slice of the
-    # training split for selection (HELD_OUT_FRACTION, at most HELD_OUT_MAX examples), and each
+    # training split for selection (splits.HELD_OUT_FRACTION, at most HELD_OUT_MAX examples), and each
     # task's own evaluation split(s) for the report.
     select_split: str | None = None
     report_split: str | None = None
@@ -78,10 +78,6 @@ class TrainConfig:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
-HELD_OUT_FRACTION, HELD_OUT_MAX = 0.1, 2000
-# Where a task's data dir has no training split (BoolQ, QNLI in ../shared/data) and the split
-# options were left at their defaults, its trials train on one half of validation, report on the other.
-VALIDATION_HALVES = ("validation[:50%]", "validation[50%:]")
 TRAIN_SEARCH_SPACE = {"lr": [2e-5, 5e-5, 1e-4, 2e-4]}  # joins every method's space: vanilla is tuned too
 
 

@@ -397,7 +397,7 @@ def cache_features(trials) -> tuple[int, int]:
     error stops it before any trial. Returns (entries built, entries already there)."""
     from moebench.moe.upcycle import load_tokenizer
     from moebench.registry import TASKS
-    from moebench.train import load_roles
+    from moebench.splits import load_roles
 
     built = found = 0
     seen = set()

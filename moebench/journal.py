@@ -20,68 +20,20 @@ import re
 import sys
 import time
 import types
-import urllib.error
-import urllib.request
 import uuid
 
 from moebench.errors import UsageError
+from moebench.store import client_and_experiment, file_name, is_server, server_answers, unreachable
 
 FORMAT = "moebench-mlflow-journal/1"
 PLACEHOLDER = "pending-"  # + the run's token: a run not created yet
 TAG_RUN_TOKEN = "moebench.run_token"  # on a server, so a create_run whose answer was lost is not made twice
 RETRY_S = 2.0  # between checks of a server that went away, doubling while it stays away...
-RETRY_MAX_S = 16.0  # ...up to this: a server that hangs costs a callback PROBE_TIMEOUT_S that often
-PROBE_TIMEOUT_S = 2.0
+RETRY_MAX_S = 16.0  # ...up to this: a server that hangs costs a callback store.PROBE_TIMEOUT_S that often
 WAIT_S = 60.0  # at the end of a sweep, for a server still away ($MOEBENCH_TRACKING_WAIT_S)
-# MLflow retries a request 7 times with backoff factor 2 and 120 s timeouts: minutes per call.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-
-
-def is_server(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("http://", "https://"))
-
-
-def bound_http_retries() -> None:
-    """A driver talking to a server gives up on a call within seconds (a server that refuses
-    connections: about 3 s; one that hangs: 3 x 15 s), since what fails is queued, not lost.
-    Process-wide, as MLflow reads them; values the user set win."""
-    for name, value in HTTP_LIMITS.items():
-        os.environ.setdefault(name, value)
-
-
-def unreachable(error: BaseException) -> bool:
-    """Whether an MLflow call failed because the server could not be reached (refused, reset,
-    timed out, or a 5xx after MLflow's retries) rather than because the server refused the call."""
-    import requests
-
-    kinds = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
-             requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError)
-    seen = set()
-    while error is not None and id(error) not in seen:  # MLflow wraps the requests error as context
-        if isinstance(error, kinds):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def server_answers(tracking_uri: str) -> bool:
-    """One quick look at a server's /health (other stores: assume yes, the call will tell)."""
-    if not is_server(tracking_uri):
-        return True
-    try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
-            return True
-    except urllib.error.HTTPError as error:
-        return error.code < 500  # a proxy's 502/503 in front of a server that is down
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def journal_path(output_dir: str, experiment: str) -> str:
-    from moebench.lease import file_name
-
     return os.path.join(os.path.abspath(output_dir), f"mlflow-journal-{file_name(experiment)}.jsonl")
 
 
@@ -317,7 +269,6 @@ def replay_journal(tracking_uri: str, experiment: str, output_dir: str, client=N
                          f"log to {header['tracking_uri']}; run with --tracking-uri {header['tracking_uri']} to log them "
                          "first (or delete the file to drop them)")
     if client is None:
-        from moebench.tracking import client_and_experiment
 
         client, _ = client_and_experiment(tracking_uri, experiment)
     buffered = BufferedClient(client, tracking_uri, experiment, path, say=lambda line: None)

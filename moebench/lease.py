@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -21,6 +19,7 @@ import uuid
 from datetime import datetime, timezone
 
 from moebench.errors import UsageError
+from moebench.store import client_and_experiment, file_name, unreachable
 
 HEARTBEAT_S = 5.0
 STALE_S = 60.0  # twelve missed heartbeats: a loaded machine delays one, not twelve
@@ -116,11 +115,6 @@ class TagStore:
         self.client.delete_experiment_tag(self.experiment_id, TAG_LEASE)
 
 
-def file_name(experiment: str) -> str:
-    """The experiment's name as a file name part: readable, and distinct for distinct names."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", experiment)[:80] + "-" + hashlib.sha256(experiment.encode()).hexdigest()[:8]
-
-
 def lease_store(tracking_uri: str, experiment: str):
     """A file beside a local store (SQLite or an mlruns folder); an experiment tag elsewhere."""
     name = file_name(experiment)
@@ -129,8 +123,6 @@ def lease_store(tracking_uri: str, experiment: str):
     if tracking_uri.startswith("file:") or ("://" not in tracking_uri and not tracking_uri.startswith("databricks")):
         folder = tracking_uri.removeprefix("file://").removeprefix("file:")
         return FileStore(os.path.join(os.path.abspath(folder), f".moebench-lease-{name}.json"))
-    from moebench.tracking import client_and_experiment
-
     return TagStore(*client_and_experiment(tracking_uri, experiment))
 
 
@@ -183,7 +175,6 @@ class Lease:
                 continue
 
     def release(self) -> None:
-        from moebench.journal import unreachable
 
         self._stop.set()
         if self._thread.is_alive():

@@ -239,7 +239,7 @@ class LiveView:
 def mark_sweep(tracking_uri: str, experiment: str, artifact_dir: str, trials: int, started: float) -> None:
     """Tell `moebench status` how many trials the sweep starting now runs, and since when: MLflow
     knows only the trials that have started."""
-    from moebench.tracking import client_and_experiment
+    from moebench.store import client_and_experiment
 
     client, experiment_id = client_and_experiment(tracking_uri, experiment, artifact_dir)
     client.set_experiment_tag(experiment_id, TAG_SWEEP, json.dumps({"trials": trials, "started": started}))
@@ -274,7 +274,8 @@ def status(tracking_uri: str, experiment: str, now: float | None = None, height:
     from mlflow.tracking import MlflowClient
 
     from moebench.lease import describe, lease_store, stale_reason
-    from moebench.tracking import TAG_CONFIG, named_experiment, sqlite_setup_lock
+    from moebench.store import named_experiment, sqlite_setup_lock
+    from moebench.tracking import TAG_CONFIG
 
     now = time.time() if now is None else now
     with sqlite_setup_lock(tracking_uri):

@@ -6,17 +6,16 @@ remote Ray cluster need no access to the tracking store at all.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import sys
-from pathlib import Path
 
 from ray import tune
 
 from moebench import __version__
 from moebench.config import TrialConfig
+from moebench.splits import describe_roles
+from moebench.store import client_and_experiment, sqlite_setup_lock
 
 TAG_FINGERPRINT = "moebench.fingerprint"
 TAG_HIGHER_IS_BETTER = "moebench.higher_is_better"
@@ -29,57 +28,6 @@ TAG_CONFIG = "moebench.config"
 TAG_STOPPED_EARLY = "moebench.stopped_early"
 TAG_HARDWARE = "moebench.hardware"
 TAG_INTERRUPTED = "moebench.interrupted"  # on a KILLED run: what stopped its sweep mid-trial
-
-
-@contextlib.contextmanager
-def sqlite_setup_lock(tracking_uri: str):
-    """Serialise MLflow's first contact with an SQLite store across processes.
-
-    Two processes opening a new store at once both run its schema migrations and one fails
-    ("duplicate column name"); two creating the same experiment collide too. Ordinary writes
-    after that are safe in parallel. Servers handle this themselves: no lock for them.
-    """
-    if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    database = tracking_uri.removeprefix("sqlite:///")
-    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    with open(database + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str | None = None):
-    from mlflow.tracking import MlflowClient
-
-    from moebench.journal import bound_http_retries, is_server
-
-    if is_server(tracking_uri):
-        bound_http_retries()  # a server that goes away costs the driver seconds, not minutes per call
-    with sqlite_setup_lock(tracking_uri):
-        client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
-        location = None  # a server decides; an SQLite store keeps artifacts beside its database, never in ./mlruns
-        if tracking_uri.startswith("sqlite:///"):
-            database_dir = os.path.dirname(os.path.abspath(tracking_uri.removeprefix("sqlite:///")))
-            location = Path(artifact_dir or os.path.join(database_dir, "artifacts")).resolve().as_uri()
-        return client, client.create_experiment(experiment, artifact_location=location)
-
-
-def named_experiment(client, tracking_uri: str, experiment: str):
-    """The experiment a reading command names; a usage error listing the store's experiments if none is."""
-    from moebench.errors import UsageError
-
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        raise UsageError(f"no experiment {experiment!r} in {tracking_uri}; it holds: {', '.join(names) or '(none)'}")
-    return found
 
 
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
@@ -133,18 +81,6 @@ HISTORY = "history.json"  # per-epoch metrics, one artifact, so an export needs 
 REPORT_OUTCOMES = "report_outcomes.json"  # the selected epoch's example-level report predictions and golds
 
 
-def split_roles(spec: TrialConfig, task) -> str:
-    """How the trial's data was used, in words a board can print."""
-    from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX
-    from moebench.task import report_splits
-
-    train = spec.train
-    select = train.select_split or (f"a fixed held-out {HELD_OUT_FRACTION:.0%} of {train.train_split} "
-                                    f"(at most {HELD_OUT_MAX}), not trained on")
-    report = ", ".join(report_splits(task, train.report_split).values())
-    return f"train: {train.train_split}; select ({train.select} epoch): {select}; report: {report}"
-
-
 class MLflowCallback(tune.Callback):
     """Each trial's MLflow run. Its client is a moebench.journal.BufferedClient: while a tracking
     server is away, calls are queued in order (and in `journal`, by default beside the artifact
@@ -189,7 +125,7 @@ class MLflowCallback(tune.Callback):
             TAG_FINGERPRINT: spec.fingerprint(),
             TAG_CONFIG: spec.config_id(),
             TAG_HIGHER_IS_BETTER: str(task.higher_is_better),
-            TAG_SPLITS: split_roles(spec, task),
+            TAG_SPLITS: describe_roles(spec.train, task),
             TAG_COMMAND: self.command,
             "moebench.experiment": self.experiment,
             "moebench.version": __version__,

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from moebench.config import HELD_OUT_FRACTION, HELD_OUT_MAX, TrialConfig
+from moebench.config import TrialConfig
 from moebench.features import FeatureTable, feature_table
 from moebench.method import Method
 from moebench.moe.diagnostics import ProbeDiagnostics
 from moebench.moe.importance import neuron_importance
 from moebench.moe.upcycle import MoEModel, encoder_layers, load_pretrained, load_tokenizer
 from moebench.registry import METHODS, TASKS
-from moebench.splits import Split
-from moebench.task import family_score, load_examples, report_splits
+from moebench.splits import load_roles
+from moebench.task import family_score
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
@@ -60,14 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def subset(examples: list, limit: int | None) -> list:
-    """The first `limit` examples of a fixed shuffle, the same for every method and seed (fair)."""
-    if limit is None or limit >= len(examples):
-        return examples
-    order = np.random.default_rng(0).permutation(len(examples))[:limit]
-    return [examples[i] for i in sorted(order)]
 
 
 # Feature keys the model takes; anything else on a feature (offsets, example ids) is metadata
@@ -258,36 +250,6 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
         return task.score(predictions, features, examples), None
     outcomes = Outcomes(*task.outcomes(predictions, features, examples))
     return task.score(predictions, features, examples), outcomes
-
-
-def load_split(task, expression: str, data_dir: str | None, limit: int | None) -> list[dict]:
-    split = Split.parse(expression)
-    return subset(split.select(load_examples(task, split.name, data_dir)), limit)
-
-
-def hold_out(examples: list, fraction: float = HELD_OUT_FRACTION, cap: int = HELD_OUT_MAX) -> tuple[list, list]:
-    """(rest, held out): a fixed slice of `fraction` of the examples (at most `cap`, at least 1)
-    for selection, chosen by a fixed shuffle so every method and seed holds out the same ones."""
-    if len(examples) < 2:
-        raise ValueError(f"cannot hold out a selection slice from {len(examples)} training example(s); give --select-split")
-    size = min(cap, max(1, round(fraction * len(examples))))
-    held = set(np.random.default_rng(12345).permutation(len(examples))[:size].tolist())
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
-
-
-def load_roles(task, cfg, data_dir: str | None) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
-    """(train, select, {suffix: report}) examples. The training subset is drawn from what the
-    selection slice leaves, so the two never share an example."""
-    train = Split.parse(cfg.train_split)
-    rows = train.select(load_examples(task, train.name, data_dir))
-    if cfg.select_split is None:
-        rows, select = hold_out(rows)
-        select = subset(select, cfg.max_eval_samples)
-    else:
-        select = load_split(task, cfg.select_split, data_dir, cfg.max_eval_samples)
-    report = {suffix: load_split(task, expression, data_dir, cfg.max_eval_samples)
-              for suffix, expression in report_splits(task, cfg.report_split).items()}
-    return subset(rows, cfg.max_train_samples), select, report
 
 
 IMPORTANCE_BATCHES = 8  # training batches (in file order, the same for every trial) that rank neurons for split_by=importance

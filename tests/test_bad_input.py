@@ -378,16 +378,17 @@ def test_a_malformed_file_stops_a_group_too(tmp_path, data_dir, capsys):
 
 def test_the_driver_reads_each_split_once(tmp_path, data_dir, monkeypatch):
     """Validation loads every split a sweep needs, once per (task, split) in the process."""
-    from moebench import cli, task as task_module
-    from moebench.registry import TASKS
+    from moebench import task as task_module
     from moebench.config import TrainConfig
+    from moebench.registry import TASKS
+    from moebench.splits import check_roles
 
     rte, calls = TASKS.get("rte"), []
     root = data_copy(tmp_path, data_dir, {"glue/RTE/train.tsv": 40, "glue/RTE/dev.tsv": 20})
     original = type(rte).load
     monkeypatch.setattr(type(rte), "load", lambda self, split, d: calls.append(split) or original(self, split, d))
     monkeypatch.setattr(task_module, "_LOADED", {})
-    cli.check_task_data("rte", TrainConfig(), root)
-    cli.check_task_data("rte", TrainConfig(), root)
+    check_roles(rte, TrainConfig(), root)
+    check_roles(rte, TrainConfig(), root)
     assert sorted(calls) == ["train", "validation"]
     assert len(task_module.load_examples(rte, "train", root)) == 39

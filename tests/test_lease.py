@@ -85,7 +85,7 @@ def test_the_heartbeat_refreshes_and_a_lost_lease_is_reported(tmp_path, monkeypa
 
 
 def test_on_a_tracking_server_the_lease_is_an_experiment_tag(tmp_path, monkeypatch):
-    from moebench.tracking import client_and_experiment
+    from moebench.store import client_and_experiment
 
     monkeypatch.setattr(TagStore, "settle_s", 0.05)
     client, experiment_id = client_and_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")

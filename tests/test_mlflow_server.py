@@ -19,7 +19,7 @@ import requests
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-from moebench import journal as journal_module
+from moebench import store
 from moebench import lease as lease_module
 from moebench.journal import PLACEHOLDER, TAG_RUN_TOKEN, BufferedClient, journal_path, left_behind, read_journal, replay_journal
 
@@ -141,7 +141,8 @@ def test_a_replay_cut_short_neither_loses_nor_duplicates_a_run(tmp_path):
 def test_a_sweep_that_ends_with_the_server_down_leaves_a_journal_the_next_run_replays(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from moebench.tracking import HISTORY, client_and_experiment
+    from moebench.store import client_and_experiment
+    from moebench.tracking import HISTORY
 
     out = tmp_path / "out"
     path = journal_path(str(out), "exp")
@@ -175,7 +176,7 @@ def test_a_refused_connection_is_told_apart_and_mlflows_retries_are_bounded(monk
     from mlflow.exceptions import RestException
     from mlflow.tracking import MlflowClient
 
-    for name, value in journal_module.HTTP_LIMITS.items():
+    for name, value in store.HTTP_LIMITS.items():
         monkeypatch.setenv(name, value)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,9 +184,9 @@ def test_a_refused_connection_is_told_apart_and_mlflows_retries_are_bounded(monk
     started = time.monotonic()
     with pytest.raises(MlflowException) as error:
         MlflowClient(f"http://127.0.0.1:{port}").get_experiment("0")
-    assert journal_module.unreachable(error.value) and time.monotonic() - started < 10
-    assert not journal_module.unreachable(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
-    assert not journal_module.server_answers(f"http://127.0.0.1:{port}")
+    assert store.unreachable(error.value) and time.monotonic() - started < 10
+    assert not store.unreachable(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
+    assert not store.server_answers(f"http://127.0.0.1:{port}")
 
 
 class ExperimentTags:

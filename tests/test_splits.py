@@ -66,8 +66,9 @@ def _superglue_dir(tmp_path, with_train):
     return str(tmp_path)
 
 
-def test_a_task_without_a_training_split_trains_on_half_of_validation(tmp_path):
-    from moebench.config import VALIDATION_HALVES, RunConfig, TrainConfig
+def test_a_task_without_a_training_split_trains_on_half_of_validation(tmp_path, monkeypatch):
+    from moebench.config import RunConfig, TrainConfig
+    from moebench.splits import VALIDATION_HALVES
 
     data_dir = _superglue_dir(tmp_path, {"BoolQ": False, "CB": True})
     cfg = RunConfig(methods=("vanilla",), tasks=("boolq", "cb"), model="m", data_dir=data_dir)
@@ -79,6 +80,7 @@ def test_a_task_without_a_training_split_trains_on_half_of_validation(tmp_path):
     cfg = RunConfig(methods=("vanilla",), tasks=("boolq",), model="m", data_dir=data_dir, train=chosen)
     assert cfg.task_train("boolq") == chosen
     # from the hub every split exists
+    monkeypatch.delenv("MOEBENCH_DATA_DIR", raising=False)
     assert RunConfig(methods=("vanilla",), tasks=("boolq",), model="m", data_dir=None).task_train("boolq").train_split == "train"
 
 

@@ -9,7 +9,7 @@ import mlflow
 def sweep_like_writer(uri: str, writer: int) -> str:
     from mlflow.entities import Metric, Param
 
-    from moebench.tracking import client_and_experiment
+    from moebench.store import client_and_experiment
 
     client, experiment_id = client_and_experiment(uri, "shared")
     for trial in range(3):

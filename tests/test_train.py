@@ -3,7 +3,8 @@ import torch
 
 from moebench.config import TrainConfig, TrialConfig
 from moebench.moe.upcycle import MoEConfig
-from moebench.train import hold_out, load_roles, lr_lambda, run_trial, selected_epoch, subset
+from moebench.splits import hold_out, load_roles, subset
+from moebench.train import lr_lambda, run_trial, selected_epoch
 
 
 def trial(model, data_dir, seed=0, method="load_balancing", task="rte"):
