@@ -373,8 +373,9 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
         raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(valid)}")
     # several exports (stores of different machines or drivers) make one board, written as one export
     records = [r for path in exports for r in read_export(path)] if exports else records_from_mlflow(tracking_uri, experiment)
-    if exports and records:
-        experiment = records[0]["tags"].get("moebench.experiment", experiment)
+    if exports and records:  # exports of several experiments (one per task's budget, say) make one board of them all
+        names = [r["tags"].get("moebench.experiment") for r in records]
+        experiment = " + ".join(dict.fromkeys(n for n in names if n)) or experiment
     if not any(r["status"] == "FINISHED" for r in records):
         print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
         return 1

@@ -142,6 +142,7 @@ class DiagnosticComparison:
     n: int  # matched pairs
     p: float  # paired t-test over the pairs
     p_holm: float  # Holm-adjusted over the rows compared on this diagnostic
+    sd: float = math.nan  # SD of the per-pair differences
 
 
 def compare_diagnostics(runs: pd.DataFrame, references: dict[str, str], names: list[str]) -> dict[str, dict[str, DiagnosticComparison]]:
@@ -167,7 +168,7 @@ def compare_diagnostics(runs: pd.DataFrame, references: dict[str, str], names: l
             d = np.subtract(a, b)
             half = scipy_stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
             table[row] = DiagnosticComparison(float(d.mean()), (float(d.mean() - half), float(d.mean() + half)), len(d),
-                                              paired_t_pvalue(a, b), math.nan)
+                                              paired_t_pvalue(a, b), math.nan, float(np.std(d, ddof=1)))
         for row, p in holm({row: c.p for row, c in table.items()}).items():
             table[row].p_holm = p
         if table:
@@ -543,6 +544,18 @@ def format_detectable(power: "ColumnPower | None") -> str:
     return f"{100 * power.detectable:.2f} (n={power.seeds})"
 
 
+def format_diagnostic_detectable(table: dict[str, DiagnosticComparison], controls: list[str], digits: int) -> str:
+    """What a diagnostic's comparisons could detect, as for a score column: the SD of the paired
+    differences pooled over the methods (not the controls), Holm over every row compared."""
+    methods = [c for row, c in table.items() if row not in controls]
+    if not methods:
+        return "—"
+    sd, _ = pooled_sd(methods)
+    pairs = min(c.n for c in methods)
+    detectable = detectable_difference(sd, pairs, len(table))
+    return f"{detectable:.{digits}f} (n={pairs})" if math.isfinite(detectable) else f"no test (n={pairs})"
+
+
 def format_seeds_needed(power: "ColumnPower | None") -> str:
     if power is None or not math.isfinite(power.sd):
         return "—"
@@ -645,7 +658,8 @@ def comparisons_markdown(board: Leaderboard) -> str:
         names = list(board.diagnostics_to_baseline)
         lines = [f"Do the methods change their experts? Diagnostic minus the baseline `{board.baseline}`'s{per_mode}, "
                  "paired on (task, seed): mean difference, its 95% t interval, the number of pairs, and the Holm-adjusted p "
-                 "of the paired t-test.", "",
+                 "of the paired t-test. Detectable difference: the smallest true difference those pairs find with 80% power "
+                 "(α = 0.05, Holm over the rows), at the SD of the paired differences pooled over the methods.", "",
                  "| method | " + " | ".join(board.column_titles[n] for n in names) + " |", "|---|" + "---:|" * len(names)]
         for method in board.rows:
             cells = []
@@ -656,6 +670,8 @@ def comparisons_markdown(board: Leaderboard) -> str:
                                                    f"n={c.n} {format_p(c.p_holm)}")
             if any(cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {DETECTABLE_ROW} | " + " | ".join(format_diagnostic_detectable(board.diagnostics_to_baseline[n], board.controls,
+                                                                                          DIAGNOSTIC_COLUMNS[n][1]) for n in names) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
 

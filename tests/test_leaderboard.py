@@ -324,3 +324,18 @@ def test_csv_numbers_are_rounded_so_the_last_digits_of_a_cpu_cannot_show():
     csv = leaderboard.FORMATS["csv"](leaderboard.build(runs, "exp", replicates=20))
     numbers = [field for line in csv.splitlines()[1:] for field in line.split(",")[1:] if field not in ("", "nan")]
     assert numbers and all(len(n.lstrip("-").replace(".", "").replace("e", "").lstrip("0")) <= 11 for n in numbers)
+
+
+def test_a_diagnostics_detectable_difference_pools_the_methods_not_the_control():
+    from moebench.leaderboard import DiagnosticComparison, format_diagnostic_detectable
+    from moebench.stats import detectable_difference
+
+    table = {"a": DiagnosticComparison(0.0, (0.0, 0.0), 10, 0.5, 0.5, sd=0.003),
+             "b": DiagnosticComparison(0.0, (0.0, 0.0), 8, 0.5, 0.5, sd=0.004),
+             "control": DiagnosticComparison(0.1, (0.0, 0.2), 6, 0.01, 0.01, sd=0.5)}
+    pooled = ((9 * 0.003 ** 2 + 7 * 0.004 ** 2) / 16) ** 0.5
+    expected = detectable_difference(pooled, 8, 3)  # the fewest pairs; Holm over every row compared
+    assert format_diagnostic_detectable(table, ["control"], 5) == f"{expected:.5f} (n=8)"
+    assert format_diagnostic_detectable({"control": table["control"]}, ["control"], 5) == "—"
+    table["a"].n = table["b"].n = 2
+    assert format_diagnostic_detectable(table, ["control"], 5) == "no test (n=2)"
