@@ -559,7 +559,11 @@ def format_diagnostic_detectable(table: dict[str, DiagnosticComparison], control
 def format_seeds_needed(power: "ColumnPower | None") -> str:
     if power is None or not math.isfinite(power.sd):
         return "—"
-    return " / ".join("more than 100000" if n is None else str(n) for n in (power.seeds_for_one_point, power.seeds_for_half_point))
+    return " / ".join(seeds_in_words(n) for n in (power.seeds_for_one_point, power.seeds_for_half_point))
+
+
+def seeds_in_words(seeds: int | None) -> str:
+    return "more than 100000" if seeds is None else str(seeds)
 
 
 def marked_cells(board: Leaderboard, best: str, tie: str, escape=lambda text: text) -> list[tuple[str, list[str]]]:
@@ -705,8 +709,8 @@ def findings(board: Leaderboard) -> str:
         if power is not None and math.isfinite(power.sd) and (quiet or found):
             rough = ": a rough estimate" if power.df < 10 else ""
             text += (f"SD of the per-seed differences {100 * power.sd:.2f} points ({power.df} df{rough}; Holm over "
-                     f"{power.comparisons}); 1 point would need {format_seeds_needed(power).split(' / ')[0]} seeds, "
-                     f"0.5 points {format_seeds_needed(power).split(' / ')[1]}.")
+                     f"{power.comparisons}); 1 point would need {seeds_in_words(power.seeds_for_one_point)} seeds, "
+                     f"0.5 points {seeds_in_words(power.seeds_for_half_point)}.")
         lines.append(text.rstrip())
     return "\n".join(lines) + "\n"
 
