@@ -366,6 +366,7 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
     """Build the board from MLflow (or from an export), print it, write its folder."""
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow
+    from moebench.schema import TAG_EXPERIMENT
 
     valid = [*leaderboard.FORMATS, "png"]
     bad = [f for f in formats if f not in valid]
@@ -374,7 +375,7 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
     # several exports (stores of different machines or drivers) make one board, written as one export
     records = [r for path in exports for r in read_export(path)] if exports else records_from_mlflow(tracking_uri, experiment)
     if exports and records:  # exports of several experiments (one per task's budget, say) make one board of them all
-        names = [r["tags"].get("moebench.experiment") for r in records]
+        names = [r["tags"].get(TAG_EXPERIMENT) for r in records]
         experiment = " + ".join(dict.fromkeys(n for n in names if n)) or experiment
     if not any(r["status"] == "FINISHED" for r in records):
         print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
@@ -408,6 +409,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 def command_power(args: argparse.Namespace) -> int:
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow
+    from moebench.schema import TAG_EXPERIMENT
     from moebench.power import describe, plan
 
     if not args.difference > 0:
@@ -423,7 +425,7 @@ def command_power(args: argparse.Namespace) -> int:
         records = records_from_mlflow(existing_store(args), args.experiment)
     if not any(r["status"] == "FINISHED" for r in records):
         raise UsageError(f"no finished runs in {', '.join(args.from_export or [args.experiment])}")
-    board = leaderboard.build(records, records[0]["tags"].get("moebench.experiment", args.experiment), args.baseline, replicates=1)
+    board = leaderboard.build(records, records[0]["tags"].get(TAG_EXPERIMENT, args.experiment), args.baseline, replicates=1)
     columns = [args.task] if args.task else [c for c in board.score_columns if c in board.power]
     for column in columns:
         print(describe(plan(board, column, args.difference, args.comparisons)))

@@ -22,7 +22,7 @@ def records_from_mlflow(tracking_uri: str, experiment: str, artifacts: bool = Tr
     from mlflow.tracking import MlflowClient
 
     from moebench.store import sqlite_setup_lock
-    from moebench.tracking import HISTORY, REPORT_OUTCOMES
+    from moebench.schema import HISTORY, REPORT_OUTCOMES
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run would flood the terminal
     with sqlite_setup_lock(tracking_uri):  # the first contact may create the store: not two processes at once

@@ -25,8 +25,8 @@ from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
 from moebench.stats import (ALPHA, MIN_SEEDS_FOR_TEST, POWER, Comparison, compare, detectable_difference, format_p,
                             percentile_interval, pooled_sd, seeds_needed)
-from moebench.tracking import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC,
-                               TAG_SPLITS, TAG_STOPPED_EARLY)
+from moebench.schema import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC, TAG_SPLITS,
+                             TAG_STOPPED_EARLY)
 
 
 # metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.

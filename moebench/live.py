@@ -247,7 +247,7 @@ def mark_sweep(tracking_uri: str, experiment: str, artifact_dir: str, trials: in
 
 def trial_of_run(client, run) -> Trial:
     """What an MLflow run says of its trial; a running one's progress from its progress/* metrics."""
-    from moebench.tracking import TAG_ERROR, TAG_INTERRUPTED, TAG_STOPPED_EARLY
+    from moebench.schema import TAG_ERROR, TAG_INTERRUPTED, TAG_STOPPED_EARLY
 
     info, metrics, tags = run.info, run.data.metrics, run.data.tags
     trial = Trial(tags.get("mlflow.runName", info.run_id), started=info.start_time / 1000,
@@ -275,7 +275,7 @@ def status(tracking_uri: str, experiment: str, now: float | None = None, height:
 
     from moebench.lease import describe, lease_store, stale_reason
     from moebench.store import named_experiment, sqlite_setup_lock
-    from moebench.tracking import TAG_CONFIG
+    from moebench.schema import TAG_CONFIG
 
     now = time.time() if now is None else now
     with sqlite_setup_lock(tracking_uri):

@@ -14,21 +14,11 @@ from ray import tune
 
 from moebench import __version__
 from moebench.config import TrialConfig
+from moebench.schema import (EPOCH_PREFIXES, HISTORY, REPORT_OUTCOMES, TAG_COMMAND, TAG_CONFIG, TAG_ERROR, TAG_EXPERIMENT,
+                             TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_INTERRUPTED, TAG_MAIN_METRIC, TAG_SPLITS,
+                             TAG_STOPPED_EARLY)
 from moebench.splits import describe_roles
 from moebench.store import client_and_experiment, sqlite_setup_lock
-
-TAG_FINGERPRINT = "moebench.fingerprint"
-TAG_HIGHER_IS_BETTER = "moebench.higher_is_better"
-TAG_SPLITS = "moebench.splits"
-TAG_ERROR = "moebench.error"
-TAG_GROUP = "moebench.task_group"
-TAG_MAIN_METRIC = "moebench.main_metric"
-TAG_COMMAND = "moebench.command"
-TAG_CONFIG = "moebench.config"
-TAG_STOPPED_EARLY = "moebench.stopped_early"
-TAG_HARDWARE = "moebench.hardware"
-TAG_INTERRUPTED = "moebench.interrupted"  # on a KILLED run: what stopped its sweep mid-trial
-
 
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
     """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
@@ -74,11 +64,6 @@ def error_reason(traceback_text: str | None) -> str:
         return "unknown error"
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"
-
-
-EPOCH_PREFIXES = ("train/", "select/", "report/", "diagnostics/")
-HISTORY = "history.json"  # per-epoch metrics, one artifact, so an export needs no call per metric
-REPORT_OUTCOMES = "report_outcomes.json"  # the selected epoch's example-level report predictions and golds
 
 
 class MLflowCallback(tune.Callback):
@@ -127,7 +112,7 @@ class MLflowCallback(tune.Callback):
             TAG_HIGHER_IS_BETTER: str(task.higher_is_better),
             TAG_SPLITS: describe_roles(spec.train, task),
             TAG_COMMAND: self.command,
-            "moebench.experiment": self.experiment,
+            TAG_EXPERIMENT: self.experiment,
             "moebench.version": __version__,
             "moebench.python": sys.version.split()[0],
             "moebench.driver_host": os.uname().nodename,

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from moebench.cli import main
 from moebench.live import LiveView, Trial, distinct_labels, mark_sweep, render
-from moebench.tracking import TAG_ERROR, TAG_INTERRUPTED, TAG_STOPPED_EARLY
+from moebench.schema import TAG_ERROR, TAG_INTERRUPTED, TAG_STOPPED_EARLY
 
 A, B, C = "vanilla/rte/seed0", "load_balancing/rte/seed0", "vanilla/rte/seed1"
 

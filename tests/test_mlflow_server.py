@@ -142,7 +142,7 @@ def test_a_sweep_that_ends_with_the_server_down_leaves_a_journal_the_next_run_re
     from mlflow.tracking import MlflowClient
 
     from moebench.store import client_and_experiment
-    from moebench.tracking import HISTORY
+    from moebench.schema import HISTORY
 
     out = tmp_path / "out"
     path = journal_path(str(out), "exp")
