@@ -104,3 +104,32 @@ def test_a_modified_checkout_is_refused_unless_allowed(monkeypatch):
     cli.check_clean_checkout(allow_dirty=True)
     monkeypatch.setattr(provenance, "git_state", lambda root=None: ("abc123", []))
     cli.check_clean_checkout(allow_dirty=False)
+
+
+def test_exports_merge_into_one_board_only_at_one_budget_per_task(tmp_path):
+    """Stores of one experiment, or experiments of different tasks, make one board; runs of one
+    task at two budgets are refused, whichever export they came from."""
+    import gzip
+    import json
+
+    boards = os.path.join(os.path.dirname(__file__), "..", "leaderboards")
+    ner = os.path.join(boards, "ner-cpu-minilm", "runs.json.gz")
+    sst2 = os.path.join(boards, "routing-cpu-sst2-minilm", "runs.json.gz")
+    merged = run_cli("leaderboard", "--from-export", sst2, ner, "--output", str(tmp_path / "both"), "--format", "md")
+    assert merged.returncode == 0, merged.stderr
+    readme = (tmp_path / "both" / "README.md").read_text()
+    assert readme.startswith("# Leaderboard: `routing-cpu-sst2 + ner-cpu-minilm`")
+    assert "sst2 (accuracy)" in readme and "conll2003 (f1)" in readme
+
+    with gzip.open(ner, "rt") as f:
+        data = json.load(f)
+    for run in data["runs"]:  # the same trials at another budget, from another store
+        run["params"]["train.max_train_samples"] = "500"
+        run["run_id"] = "other-" + run["run_id"]
+        run["tags"]["moebench.fingerprint"] = "other-" + run["tags"]["moebench.fingerprint"]
+    other = tmp_path / "ner-500.json.gz"
+    with gzip.open(other, "wt") as f:
+        json.dump(data, f)
+    refused = run_cli("leaderboard", "--from-export", ner, str(other), "--output", str(tmp_path / "mixed"), "--format", "md")
+    assert refused.returncode == 2
+    assert "conll2003 train.max_train_samples: 1000, 500" in refused.stderr and "Traceback" not in refused.stderr
