@@ -4,7 +4,7 @@
                                     (top-k: all k assignments, divided by k; with a gate that
                                     leaves slots unused, the used ones; not differentiable)
                                     P_i: mean router probability of expert i
-    L_z   = mean_x logsumexp(z(x))^2
+    L_z   = mean_x logsumexp(z(x))^2     (both in moebench.moe.balance, shared with other methods)
 
 Both are averaged over MoE layers (so a coefficient means the same for any depth) and
 padding tokens never enter them. At perfectly uniform routing L_aux = 1, so the logged
@@ -17,20 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from moebench.method import Method
+from moebench.moe.balance import router_z_loss, switch_aux_loss
 from moebench.moe.layer import Routing
-
-
-def switch_aux_loss(routing: Routing) -> torch.Tensor:
-    num_experts = routing.num_experts
-    # Only the slots a token used: a gate's unused slots (routing.expert_mask) hold no assignment.
-    assignments = torch.bincount(routing.assigned_experts, minlength=num_experts).float()
-    fraction = assignments / assignments.sum().clamp_min(1.0)  # (E,) f_i
-    mean_prob = routing.router_probs.mean(dim=0)  # (E,) P_i
-    return num_experts * torch.sum(fraction * mean_prob)
-
-
-def router_z_loss(routing: Routing) -> torch.Tensor:
-    return torch.logsumexp(routing.router_logits.float(), dim=-1).square().mean()
 
 
 class LoadBalancing(Method):

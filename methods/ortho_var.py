@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from moebench.method import Method
-from moebench.methods.load_balancing import switch_aux_loss
+from moebench.moe.balance import switch_aux_loss
 from moebench.moe.layer import Routing
 
 GS_EPS = 1e-6  # the official u = v / (||v|| + 1e-6)

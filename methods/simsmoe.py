@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from moebench.method import Method
-from moebench.methods.load_balancing import switch_aux_loss
+from moebench.moe.balance import switch_aux_loss
 from moebench.moe.layer import Routing
 from moebench.moe.similarity import kernel_cka, linear_cka
 

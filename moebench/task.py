@@ -150,6 +150,23 @@ def check_splits(task: Task, data_dir: str | None, splits: list[str], known: lis
         raise UsageError(f"task {task.name!r}: no local data at {', '.join(missing)} (--data-dir expects {layout})")
 
 
+def load_hub_split(dataset: str, config: str | None, split: str, task_name: str, local_hint: str,
+                   revision: str | None = None) -> list[dict[str, Any]]:
+    """Load one split with `datasets` (config None: the dataset's only one); when the hub is
+    unreachable, say so and name --data-dir."""
+    import datasets
+
+    source = dataset if config is None else f"{dataset}/{config}"
+    try:
+        return list(datasets.load_dataset(dataset, config, split=split, revision=revision))
+    except Exception as error:  # datasets raises many types for "no network"; all mean the same here
+        raise UsageError(
+            f"task {task_name!r}: could not load {source} [{split}] from the Hugging Face Hub "
+            f"({type(error).__name__}: {str(error)[:200]}); is the hub reachable? Otherwise pass --data-dir ROOT with "
+            f"{local_hint} in the original format (or set $MOEBENCH_DATA_DIR)"
+        ) from None
+
+
 def has_local_split(task: Task, split: str, data_dir: str | None) -> bool:
     """Whether this data dir holds the split's file. Without a data dir (the hub, which has every
     split) or for a plugin that reads no local files of its own, assume it does."""

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from moebench.errors import DataError, UsageError
+from moebench.errors import DataError
 from moebench.metric import shipped
-from moebench.task import check_splits, read_text
+from moebench.task import check_splits, load_hub_split, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts
 
 HUB_DATASET = "nyu-mll/glue"
@@ -119,23 +119,6 @@ class GlueTask(SequenceClassification):
 
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         return encode_texts(examples, tokenizer, max_length)
-
-
-def load_hub_split(dataset: str, config: str | None, split: str, task_name: str, local_hint: str,
-                   revision: str | None = None) -> list[dict[str, Any]]:
-    """Load one split with `datasets` (config None: the dataset's only one); when the hub is
-    unreachable, say so and name --data-dir."""
-    import datasets
-
-    source = dataset if config is None else f"{dataset}/{config}"
-    try:
-        return list(datasets.load_dataset(dataset, config, split=split, revision=revision))
-    except Exception as error:  # datasets raises many types for "no network"; all mean the same here
-        raise UsageError(
-            f"task {task_name!r}: could not load {source} [{split}] from the Hugging Face Hub "
-            f"({type(error).__name__}: {str(error)[:200]}); is the hub reachable? Otherwise pass --data-dir ROOT with "
-            f"{local_hint} in the original format (or set $MOEBENCH_DATA_DIR)"
-        ) from None
 
 
 _PAIR = ("sentence1", "sentence2")

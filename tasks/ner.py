@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 
 from moebench.errors import DataError, UsageError
 from moebench.metric import compute, compute_direct, shipped
-from moebench.task import check_splits, read_text
-from moebench.tasks.glue import load_hub_split
+from moebench.task import check_splits, load_hub_split, read_text
 
 HUB_DATASET = "eriktks/conll2003"
 # That repository holds a loading script, which `datasets` >= 4 no longer runs; the hub's

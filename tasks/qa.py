@@ -26,8 +26,7 @@ import numpy as np
 
 from moebench.metric import compute, compute_direct, shipped
 from moebench.errors import DataError, UsageError
-from moebench.task import check_splits, read_text
-from moebench.tasks.glue import load_hub_split
+from moebench.task import check_splits, load_hub_split, read_text
 
 N_BEST = 20  # best start and end logits combined per window, as in BERT's run_squad.py
 MAX_ANSWER_TOKENS = 30

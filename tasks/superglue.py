@@ -28,9 +28,8 @@ from typing import Any, Callable, ClassVar
 
 from moebench.errors import DataError
 from moebench.metric import shipped
-from moebench.task import check_splits, read_text
+from moebench.task import check_splits, load_hub_split, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts, majority_value, to_plain
-from moebench.tasks.glue import load_hub_split
 
 HUB_DATASET = "aps/super_glue"
 LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}  # test labels are hidden

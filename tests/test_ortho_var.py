@@ -5,7 +5,7 @@ import torch
 
 from moebench.errors import UsageError
 from moebench.method import parse_params
-from moebench.methods.load_balancing import switch_aux_loss
+from moebench.moe.balance import switch_aux_loss
 from moebench.methods.ortho_var import (
     OrthoVar,
     calibrated_coefficient,

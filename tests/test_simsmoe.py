@@ -3,7 +3,7 @@ import torch
 
 from moebench.errors import UsageError
 from moebench.method import parse_params
-from moebench.methods.load_balancing import switch_aux_loss
+from moebench.moe.balance import switch_aux_loss
 from moebench.methods.simsmoe import PairTracker, SimSMoE, simsmoe_balance_loss, top2_pair_codes
 from moebench.moe.layer import Routing
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained
