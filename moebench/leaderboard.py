@@ -245,9 +245,6 @@ def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str], higher_is_b
     return {m: means.get(m, math.nan) for m in rows}
 
 
-FAMILY_TITLES = {"superglue": "SuperGLUE"}  # others read well upper-cased: GLUE, QA, NER
-
-
 def frame(records: list[dict]) -> pd.DataFrame:
     """Runs as a table with MLflow's column names (params.*, metrics.*, tags.*)."""
     rows = []
@@ -366,6 +363,7 @@ def stopped_configurations(runs: pd.DataFrame) -> list[str]:
 def build(records: list[dict], experiment: str, baseline: str = "vanilla", replicates: int = REPLICATES) -> Leaderboard:
     """The board of an experiment's runs (records from MLflow or from an export)."""
     from moebench.registry import TASKS
+    from moebench.task import family_title
 
     warnings: list[str] = []
     left_out: list[str] = []
@@ -385,7 +383,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     score_columns = tasks + [f"{g}_avg" for g in group_order]
     diagnostics = [name for name in DIAGNOSTIC_COLUMNS if f"metrics.{name}" in runs]
     columns = score_columns + diagnostics
-    titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{FAMILY_TITLES.get(g, g.upper())} avg" for g in group_order}
+    family_titles = {groups[t]: family_title(TASKS.get(t)) if t in TASKS else groups[t].upper() for t in reversed(tasks)}
+    titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{family_titles[g]} avg" for g in group_order}
     titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
     for g in group_order:
         higher[f"{g}_avg"] = all(higher[t] for t in tasks if groups[t] == g)

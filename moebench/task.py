@@ -26,6 +26,10 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 class Task(Protocol):
     name: str
     group: str  # family: "glue", "superglue", "qa", "ner"; --tasks GROUP runs its members
+    # Optional: how the family reads on a board ("SuperGLUE avg"; default: the group upper-cased)
+    # and where it stands among families (`moebench list`, --tasks all; default: after the rest).
+    family_title: str
+    family_order: int
     description: str
     auto_class: str  # e.g. "AutoModelForSequenceClassification"
     main_metric: str
@@ -179,18 +183,24 @@ def has_local_split(task: Task, split: str, data_dir: str | None) -> bool:
         return False
 
 
-FAMILY_ORDER = ("glue", "superglue", "qa", "ner")  # plugin families follow, by name
+LAST_FAMILY = 1000  # the order of a family whose tasks declare none: after the ones that do, by name
+
+
+def family_title(task) -> str:
+    return getattr(task, "family_title", None) or task.group.upper()
 
 
 def task_groups() -> dict[str, list[str]]:
-    """Family name -> its tasks, for `--tasks glue` and `moebench list tasks`."""
+    """Family name -> its tasks, for `--tasks glue` and `moebench list tasks`, in the families'
+    declared order (`family_order`)."""
     from moebench.registry import TASKS
 
     groups: dict[str, list[str]] = {}
+    order: dict[str, int] = {}
     for name, task in TASKS.items():
         groups.setdefault(task.group, []).append(name)
-    rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
-    return {g: groups[g] for g in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))}
+        order[task.group] = min(order.get(task.group, LAST_FAMILY), getattr(task, "family_order", LAST_FAMILY))
+    return {g: groups[g] for g in sorted(groups, key=lambda g: (order[g], g))}
 
 
 def report_splits(task: Task, override: str | None) -> dict[str, str]:

@@ -43,6 +43,8 @@ class GlueTask(SequenceClassification):
     # The GLUE benchmark score averages a task's two metrics where it reports two.
     family_metrics: tuple[str, ...] = ()
     group: str = "glue"
+    family_title: str = "GLUE"
+    family_order: int = 0
     auto_class: str = "AutoModelForSequenceClassification"
     metric: str = METRIC  # an evaluate module: a local path or a Hub id
     higher_is_better: ClassVar[bool] = True

@@ -84,6 +84,8 @@ def read_conll(path: str) -> list[dict[str, Any]]:
 class CoNLL2003:
     name = "conll2003"
     group = "ner"
+    family_title = "NER"
+    family_order = 3
     description = "CoNLL-2003: English named entities, PER/ORG/LOC/MISC (entity F1)"
     auto_class = "AutoModelForTokenClassification"
     main_metric = "f1"

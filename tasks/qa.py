@@ -124,6 +124,8 @@ class SquadTask:
     allows_no_answer: bool  # v2.0: unanswerable questions, predicted as ""
     hub_config: str = "plain_text"
     group: str = "qa"
+    family_title: str = "QA"
+    family_order: int = 2
     auto_class: str = "AutoModelForQuestionAnswering"
     main_metric: str = "f1"
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})

@@ -172,6 +172,8 @@ class SuperGlueTask(SequenceClassification):
     family_metrics: tuple[str, ...] = ()
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     group: str = "superglue"
+    family_title: str = "SuperGLUE"
+    family_order: int = 1
     auto_class: str = "AutoModelForSequenceClassification"
     metric: str = METRIC  # an evaluate module: a local path or a Hub id
     higher_is_better: ClassVar[bool] = True

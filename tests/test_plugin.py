@@ -79,6 +79,9 @@ def test_a_plugin_task_scored_by_its_local_evaluate_module_runs_through_moebench
                    *tiny_run_args(data_dir, tiny_model_dir, out, "plugin-task"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rte_balanced" in run.stdout  # on the board
+    assert "Example avg" in run.stdout  # its family, under the title the plugin declares
+    families = [line.split()[0] for line in moebench(plugin_env, "list", "tasks").stdout.splitlines() if line[:1].isalpha()]
+    assert families == ["glue", "superglue", "qa", "ner", "example", "all"]  # in the declared order
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["plugin-task"])
     assert list(runs["status"]) == ["FINISHED"]
