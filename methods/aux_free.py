@@ -61,6 +61,7 @@ class BiasedGate(Gate):
 class AuxFree(Method):
     name = "aux_free"
     description = "Loss-Free Balancing: per-expert bias on selection only, b += u*sign(mean load - load) each step"
+    board_columns = {"aux_free_bias_spread": ("aux-free bias spread", 4)}
 
     @dataclass(frozen=True)
     class Params:

@@ -119,6 +119,7 @@ def augmented_input(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 class OMoE(Method):
     name = "omoe"
     description = "OMoE (reconstruction): OWM-projected expert updates alternating with AdamW phases"
+    board_columns = {"omoe_removed_fraction": ("OMoE update removed", 3)}
 
     @dataclass(frozen=True)
     class Params:

@@ -72,6 +72,7 @@ class ReLUGate(Gate):
 class ReMoE(Method):
     name = "remoe"
     description = "ReMoE: ReLU router (0..E experts per token), adaptive L1 penalty toward sparsity 1 - k/E"
+    board_columns = {"remoe_sparsity": ("ReMoE sparsity", 3), "remoe_l1_coef": ("ReMoE L1 coef", 6)}
 
     @dataclass(frozen=True)
     class Params:

@@ -69,6 +69,7 @@ class XMoEGate(Gate):
 class XMoE(Method):
     name = "xmoe"
     description = "X-MoE: cosine routing on a 16-d hypersphere, learned temperature (no aux loss)"
+    board_columns = {"xmoe_temperature": ("X-MoE temperature", 4)}
 
     @dataclass(frozen=True)
     class Params:

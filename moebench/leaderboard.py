@@ -32,6 +32,7 @@ from moebench.schema import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_
 # metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.
 # Upcycled experts start identical, so similarities differ from 1 in the 4th or 5th decimal
 # at small budgets: rounding to 3 would hide every method's effect.
+METHOD_COLUMNS = "<methods' own>"
 DIAGNOSTIC_COLUMNS = {
     "expert_cka": ("expert CKA ↓", 5, 1.0),
     "expert_cosine": ("expert cos ↓", 5, 1.0),
@@ -40,7 +41,7 @@ DIAGNOSTIC_COLUMNS = {
     "routing_entropy": ("routing entropy", 3, 1.0),
     "routing_cv": ("load CV", 3, 1.0),  # coefficient of variation of the experts' token counts: 0 is balanced
     "experts_per_token": ("experts/token", 2, 1.0),  # what the gate chose: k for top-k, anything for remoe, hash...
-    "omoe_removed_fraction": ("OMoE update removed", 3, 1.0),
+    METHOD_COLUMNS: ("", 0, 1.0),  # here: the columns the board's methods declare (Method.board_columns)
     "dead_experts": ("dead experts", 1, 1.0),
     "train_time_s": ("train s", 1, 1.0),
     "params_total": ("params (M)", 2, 1e-6),
@@ -91,6 +92,7 @@ class Leaderboard:
     stopped: list[str] = field(default_factory=list)  # configurations ASHA stopped early
     replicates: int = 0
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the runs on the board (selected configurations)
+    diagnostic_columns: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # column -> (title, decimals, scale)
 
     @property
     def splits(self) -> str:
@@ -381,11 +383,12 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     main_metrics = dict(zip(runs["params.task"], runs[f"tags.{TAG_MAIN_METRIC}"]))
     group_order = list(dict.fromkeys(groups[t] for t in tasks))
     score_columns = tasks + [f"{g}_avg" for g in group_order]
-    diagnostics = [name for name in DIAGNOSTIC_COLUMNS if f"metrics.{name}" in runs]
+    available = diagnostic_columns(sorted(set(runs["params.method"])))
+    diagnostics = [name for name in available if f"metrics.{name}" in runs]
     columns = score_columns + diagnostics
     family_titles = {groups[t]: family_title(TASKS.get(t)) if t in TASKS else groups[t].upper() for t in reversed(tasks)}
     titles = {t: f"{t} ({main_metrics[t]})" for t in tasks} | {f"{g}_avg": f"{family_titles[g]} avg" for g in group_order}
-    titles |= {name: DIAGNOSTIC_COLUMNS[name][0] for name in diagnostics}
+    titles |= {name: available[name][0] for name in diagnostics}
     for g in group_order:
         higher[f"{g}_avg"] = all(higher[t] for t in tasks if groups[t] == g)
     methods = list(dict.fromkeys(runs["row"]))  # board rows
@@ -488,7 +491,8 @@ def build(records: list[dict], experiment: str, baseline: str = "vanilla", repli
     similarity = compare_diagnostics(runs, references, [n for n in ("expert_cka", "expert_cosine", "expert_label_mi_norm") if n in diagnostics])
     return Leaderboard(experiment, columns, titles, score_columns, rows, marks, ranks, selections, higher, majority,
                        configurations if searched else {}, baseline if references else None, to_baseline, to_best,
-                       similarity, warnings, left_out, power, controls, stopped_configurations(every_run), replicates, runs)
+                       similarity, warnings, left_out, power, controls, stopped_configurations(every_run), replicates, runs,
+                       {name: available[name] for name in diagnostics})
 
 
 def format_score(cell: Cell) -> str:
@@ -512,10 +516,25 @@ def format_diagnostic(cell: Cell, scale: float, digits: int) -> str:
     return f"{text} (n={cell.n})"
 
 
+def diagnostic_columns(methods: list[str]) -> dict[str, tuple[str, int, float]]:
+    """The diagnostic columns a board of these methods can show: every trial's, with the columns
+    each registered method declares for its own diagnostics in METHOD_COLUMNS' place."""
+    from moebench.registry import METHODS
+
+    declared = {}
+    for method in methods:
+        if method in METHODS:
+            declared |= {name: (title, digits, 1.0) for name, (title, digits) in METHODS.get(method).board_columns.items()}
+    out = {}
+    for name, column in DIAGNOSTIC_COLUMNS.items():
+        out |= declared if name == METHOD_COLUMNS else {name: column}
+    return out
+
+
 def format_column(board: Leaderboard, column: str, cell: Cell) -> str:
     if column in board.score_columns:
         return format_score(cell)
-    _, digits, scale = DIAGNOSTIC_COLUMNS[column]
+    _, digits, scale = board.diagnostic_columns[column]
     return format_diagnostic(cell, scale=scale, digits=digits)
 
 
@@ -668,13 +687,13 @@ def comparisons_markdown(board: Leaderboard) -> str:
             cells = []
             for n in names:
                 c = board.diagnostics_to_baseline[n].get(method)
-                digits = DIAGNOSTIC_COLUMNS[n][1]
+                digits = board.diagnostic_columns[n][1]
                 cells.append("" if c is None else f"{c.difference:+.{digits}f} [{c.interval[0]:+.{digits}f}, {c.interval[1]:+.{digits}f}] "
                                                    f"n={c.n} {format_p(c.p_holm)}")
             if any(cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append(f"| {DETECTABLE_ROW} | " + " | ".join(format_diagnostic_detectable(board.diagnostics_to_baseline[n], board.controls,
-                                                                                          DIAGNOSTIC_COLUMNS[n][1]) for n in names) + " |")
+                                                                                          board.diagnostic_columns[n][1]) for n in names) + " |")
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
 

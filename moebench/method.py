@@ -56,6 +56,9 @@ class Method:
     # True for a positive control (`control_lr`): built to differ from the baseline by a known sign,
     # compared with it on a board but never ranked or marked best against the methods.
     control: ClassVar[bool] = False
+    # Of what `diagnostics` returns, the values a board shows as columns (at each run's selected
+    # epoch): metric name -> (column title, decimals). The rest is logged per epoch only.
+    board_columns: ClassVar[dict[str, tuple[str, int]]] = {}
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()

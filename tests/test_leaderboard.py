@@ -339,3 +339,13 @@ def test_a_diagnostics_detectable_difference_pools_the_methods_not_the_control()
     assert format_diagnostic_detectable({"control": table["control"]}, ["control"], 5) == "—"
     table["a"].n = table["b"].n = 2
     assert format_diagnostic_detectable(table, ["control"], 5) == "no test (n=2)"
+
+
+def test_a_methods_own_diagnostics_are_columns_only_where_it_is_on_the_board():
+    from moebench.leaderboard import DIAGNOSTIC_COLUMNS, METHOD_COLUMNS, diagnostic_columns
+
+    core = [name for name in DIAGNOSTIC_COLUMNS if name != METHOD_COLUMNS]
+    assert list(diagnostic_columns(["vanilla", "not_installed"])) == core
+    with_omoe = list(diagnostic_columns(["omoe", "vanilla"]))
+    assert with_omoe == core[:core.index("dead_experts")] + ["omoe_removed_fraction"] + core[core.index("dead_experts"):]
+    assert diagnostic_columns(["omoe"])["omoe_removed_fraction"] == ("OMoE update removed", 3, 1.0)

@@ -43,6 +43,8 @@ def test_an_installed_plugin_method_runs_through_moebench_run(plugin_env, tmp_pa
     assert list(runs["status"]) == ["FINISHED"]
     assert runs["params.router_entropy.coef"].iloc[0] == "0.5"
     assert runs["metrics.train/entropy_loss"].iloc[0] > 0
+    assert runs["metrics.router_entropy_penalised"].iloc[0] > 0
+    assert "entropy penalised" in run.stdout  # the column the method declares, on the board
 
 
 def test_an_installed_routing_method_runs_through_moebench_run(plugin_env, tmp_path, data_dir, tiny_model_dir):
