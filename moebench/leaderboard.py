@@ -813,6 +813,19 @@ def distinct(runs: pd.DataFrame, column: str) -> list[str]:
     return sorted(str(v) for v in runs[column].dropna().unique()) if column in runs else []
 
 
+def budget_values(runs: pd.DataFrame, column: str) -> str:
+    """A budget option's values: "a/b" where runs of one task differ (the rows of an upcycling
+    comparison), else, where tasks differ, each value with its tasks ("3 (stsb) / 2 (sst2)")."""
+    values = runs[["params.task", column]].dropna()
+    per_task = values.groupby("params.task")[column].nunique()
+    if len(set(values[column])) <= 1 or (per_task > 1).any():
+        return "/".join(distinct(runs, column))
+    tasks_of: dict[str, list[str]] = {}
+    for task, value in values.drop_duplicates().itertuples(index=False):
+        tasks_of.setdefault(str(value), []).append(str(task))
+    return " / ".join(f"{value} ({', '.join(sorted(tasks))})" for value, tasks in sorted(tasks_of.items()))
+
+
 def splits_by_task(runs: pd.DataFrame) -> list[str]:
     """How the runs used their data, once per distinct way; named with its tasks where tasks differ
     (a task with no training split trains on half of its validation split)."""
@@ -836,7 +849,7 @@ def provenance(board: Leaderboard, formats: tuple[str, ...] = ("md", "csv", "png
     runs = board.runs
     bullet = lambda values: "; ".join(f"`{v}`" for v in values) or "unknown"
     budget_columns = [c for c in runs.columns if c.startswith(("params.train.", "params.moe."))]
-    budget = ", ".join(f"{c.removeprefix('params.')}={'/'.join(distinct(runs, c))}" for c in sorted(budget_columns))
+    budget = ", ".join(f"{c.removeprefix('params.')}={budget_values(runs, c)}" for c in sorted(budget_columns))
     versions = [f"{name} {', '.join(distinct(runs, f'tags.moebench.{name}_version'))}" for name in ("moebench", "torch", "transformers")
                 if distinct(runs, f"tags.moebench.{name}_version")]
     lines = [
