@@ -349,3 +349,15 @@ def test_a_methods_own_diagnostics_are_columns_only_where_it_is_on_the_board():
     with_omoe = list(diagnostic_columns(["omoe", "vanilla"]))
     assert with_omoe == core[:core.index("dead_experts")] + ["omoe_removed_fraction"] + core[core.index("dead_experts"):]
     assert diagnostic_columns(["omoe"])["omoe_removed_fraction"] == ("OMoE update removed", 3, 1.0)
+
+
+def test_a_budget_that_differs_by_task_is_named_per_task():
+    import pandas as pd
+
+    from moebench.leaderboard import budget_values
+
+    runs = pd.DataFrame({"params.task": ["sst2", "sst2", "stsb"], "params.train.epochs": ["2", "2", "3"],
+                         "params.moe.upcycle": ["copy", "drop", "copy"], "params.train.lr": ["1e-4"] * 3})
+    assert budget_values(runs, "params.train.epochs") == "2 (sst2) / 3 (stsb)"
+    assert budget_values(runs, "params.moe.upcycle") == "copy/drop"  # differs within a task: the board's rows
+    assert budget_values(runs, "params.train.lr") == "1e-4"
