@@ -19,7 +19,7 @@ from moebench.errors import UsageError
 from moebench.task import load_examples, report_splits
 
 HELD_OUT_FRACTION, HELD_OUT_MAX = 0.1, 2000  # the select slice held out of train when no select split is given
-# Where a task's data dir has no training split (BoolQ, QNLI in ../shared/data) and the split
+# Where a task's data dir has no training split (BoolQ, SQuAD v1.1, QNLI in ../shared/data) and the split
 # options were left at their defaults, its trials train on one half of validation, report on the other.
 VALIDATION_HALVES = ("validation[:50%]", "validation[50%:]")
 
