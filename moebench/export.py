@@ -21,13 +21,13 @@ def records_from_mlflow(tracking_uri: str, experiment: str, artifacts: bool = Tr
     history or predictions (a quick look at what the experiment holds)."""
     from mlflow.tracking import MlflowClient
 
-    from moebench.store import sqlite_setup_lock
+    from moebench.store import existing_experiment, sqlite_setup_lock
     from moebench.schema import HISTORY, REPORT_OUTCOMES
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run would flood the terminal
     with sqlite_setup_lock(tracking_uri):  # the first contact may create the store: not two processes at once
         client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        found = existing_experiment(client, tracking_uri, experiment)
     if found is None:
         return []
     records = []

@@ -97,7 +97,7 @@ def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str 
         bound_http_retries()  # a server that goes away costs the driver seconds, not minutes per call
     with sqlite_setup_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        found = existing_experiment(client, tracking_uri, experiment)
         if found is not None:
             return client, found.experiment_id
         location = None  # a server decides; an SQLite store keeps artifacts beside its database, never in ./mlruns
@@ -109,8 +109,22 @@ def client_and_experiment(tracking_uri: str, experiment: str, artifact_dir: str 
 
 def named_experiment(client, tracking_uri: str, experiment: str):
     """The experiment a reading command names; a usage error listing the store's experiments if none is."""
-    found = client.get_experiment_by_name(experiment)
+    found = existing_experiment(client, tracking_uri, experiment)
     if found is None:
         names = [e.name for e in client.search_experiments()]
         raise UsageError(f"no experiment {experiment!r} in {tracking_uri}; it holds: {', '.join(names) or '(none)'}")
+    return found
+
+
+def existing_experiment(client, tracking_uri: str, experiment: str):
+    """The experiment of that name, None if there is none; a usage error if it was deleted.
+
+    MLflow's delete is soft: the experiment and its runs stay in the store, its name stays taken,
+    and `get_experiment_by_name` still returns it. Resuming into it, or building a board from
+    runs someone deleted, would act on what the store's UI no longer shows."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise UsageError(f"experiment {experiment!r} in {tracking_uri} is deleted (id {found.experiment_id}); restore it with "
+                         f"`mlflow experiments restore --experiment-id {found.experiment_id}` (MLFLOW_TRACKING_URI={tracking_uri}), "
+                         "or name another with --experiment")
     return found

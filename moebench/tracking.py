@@ -18,7 +18,7 @@ from moebench.schema import (EPOCH_PREFIXES, HISTORY, REPORT_OUTCOMES, TAG_COMMA
                              TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_INTERRUPTED, TAG_MAIN_METRIC, TAG_SPLITS,
                              TAG_STOPPED_EARLY)
 from moebench.splits import describe_roles
-from moebench.store import client_and_experiment, sqlite_setup_lock
+from moebench.store import client_and_experiment, existing_experiment, sqlite_setup_lock
 
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
     """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
@@ -31,7 +31,7 @@ def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) ->
 
     with sqlite_setup_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        found = existing_experiment(client, tracking_uri, experiment)
     if found is None:
         return set(), 0
     finished, stale = set(), 0
