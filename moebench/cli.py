@@ -300,6 +300,9 @@ def command_run(args: argparse.Namespace) -> int:
     with naming_the_file(args):
         cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
     check_clean_checkout(cfg.allow_dirty)
+    # Every task split tokenized once, before the store or Ray: a data error, or a length the
+    # tokenizer cannot cut to, stops the run here.
+    print_feature_cache(trials)
     uri = cfg.resolved_tracking_uri()
     check_experiment_budget(uri, cfg.experiment, trials)
     configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
@@ -331,8 +334,6 @@ def command_run(args: argparse.Namespace) -> int:
                 if finished or stale:
                     print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
                           + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
-                if todo:  # every task split tokenized once, before Ray starts: a data error stops the sweep here
-                    print_feature_cache(todo)
                 summary = run_sweep(cfg, todo, args.command_line, stop) if todo else None
         except KeyboardInterrupt:  # a signal outside Tune's fit(): before the sweep started, or after
             summary = summary or SweepSummary()

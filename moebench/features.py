@@ -35,6 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from moebench.errors import UsageError
+
 FORMAT = 1  # of an entry on disk; part of the key
 CHUNK = 1000  # examples tokenized at a time: features become columns before the next chunk's exist
 
@@ -391,10 +393,60 @@ def read_table(path: str) -> FeatureTable | None:
         return None
 
 
+# ---- the requested length -------------------------------------------------------------------------
+
+SEARCHED_EXAMPLES = 500  # of the examples a length cannot be honoured for: enough to name the length they need
+SAMPLED_EXAMPLES = 64  # tokenized first: a length none can honour is refused before a whole split is
+
+
+def check_max_length(task, examples: list, table: FeatureTable, tokenizer, max_length: int, role: str,
+                     sample: bool = False) -> None:
+    """Refuse a maximum length that some features exceed.
+
+    A tokenizer hands back whole, with a warning, an input it cannot cut to `max_length`: a
+    sentence pair below its three special tokens, a query that fills the window on its own. The
+    run would then train on longer features than its parameters (and its identity) say. So the
+    driver refuses, before anything starts, naming the length those examples need."""
+    lengths = table.lengths
+    over = np.flatnonzero(lengths > max_length)
+    if not len(over):
+        return
+    if "example_index" in table.columns:  # several features per example (QA windows)
+        rows = sorted(set(table.columns["example_index"].data[over].tolist()))
+    else:
+        rows = over.tolist() if len(table) == len(examples) else range(len(examples))
+    longest = int(lengths[over].max())
+    needed = shortest_honoured(task, [examples[i] for i in rows[:SEARCHED_EXAMPLES]], tokenizer, max_length, longest)
+    scope = f"the first {len(examples)}" if sample else f"{len(examples)}"
+    raise UsageError(f"--max-seq-length {max_length} cannot be honoured on {task.name}: {len(rows)} of {scope} {role} "
+                     f"examples stay longer (up to {longest} tokens), as the tokenizer cannot cut them that short; "
+                     f"use --max-seq-length {needed} or more")
+
+
+def shortest_honoured(task, examples: list, tokenizer, too_short: int, long_enough: int) -> int:
+    """The smallest maximum length in (too_short, long_enough] that every one of `examples` is
+    cut to (a bisection: a length that works for an example works for any longer one)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # each failed cut warns: once was enough
+    try:
+        while long_enough - too_short > 1:
+            middle = (too_short + long_enough) // 2
+            if encode_table(task, examples, tokenizer, middle).lengths.max(initial=0) <= middle:
+                long_enough = middle
+            else:
+                too_short = middle
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return long_enough
+
+
 def cache_features(trials) -> tuple[int, int]:
     """Fill the cache with every split the trials read, each tokenized once: the driver does this
     before Ray starts, so a sweep of methods x seeds tokenizes each task split once, and a data
-    error stops it before any trial. Returns (entries built, entries already there)."""
+    error or a length the tokenizer cannot honour (`check_max_length`) stops it before any trial.
+    Returns (entries built, entries already there)."""
     from moebench.moe.upcycle import load_tokenizer
     from moebench.registry import TASKS
     from moebench.splits import load_roles
@@ -410,12 +462,19 @@ def cache_features(trials) -> tuple[int, int]:
         seen.add(data)
         task, tokenizer = TASKS.get(trial.task), load_tokenizer(trial.model)
         train, select, report = load_roles(task, cfg, trial.data_dir)
-        for examples in (train, select, *report.values()):
+        for role, examples in (("training", train), ("select", select), *(("report", r) for r in report.values())):
             key = cache_key(task, examples, tokenizer, cfg.max_seq_length)
             path = entry_path(trial.feature_cache, key)
+            table = read_table(path)
+            if table is None:
+                first = examples[:SAMPLED_EXAMPLES]
+                check_max_length(task, first, encode_table(task, first, tokenizer, cfg.max_seq_length), tokenizer,
+                                 cfg.max_seq_length, role, sample=True)
+                table = encode_table(task, examples, tokenizer, cfg.max_seq_length)
+            check_max_length(task, examples, table, tokenizer, cfg.max_seq_length, role)
             if os.path.isdir(path):
                 found += 1
             else:
-                write_table(path, encode_table(task, examples, tokenizer, cfg.max_seq_length), key)
+                write_table(path, table, key)
                 built += 1
     return built, found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,8 +26,8 @@ from moebench.errors import UsageError
 from moebench.provenance import PROTOCOL_VERSION
 from moebench.stats import (ALPHA, MIN_SEEDS_FOR_TEST, POWER, Comparison, compare, detectable_difference, format_p,
                             percentile_interval, pooled_sd, seeds_needed)
-from moebench.schema import (TAG_CONFIG, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC, TAG_SPLITS,
-                             TAG_STOPPED_EARLY)
+from moebench.schema import (TAG_CONFIG, TAG_ERROR, TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_MAIN_METRIC,
+                             TAG_SPLITS, TAG_STOPPED_EARLY)
 
 
 # metric logged by every trial -> (column title, decimals, scale); arrows: the "more diverse" way.
@@ -283,6 +284,9 @@ def current_runs(runs: pd.DataFrame, warnings: list[str], left_out: list[str] | 
     return kept
 
 
+EXCEPTION_NAME = re.compile(r"^[A-Za-z_][\w.]*(\([\w.]+\))?: ")  # "moebench.train.Diverged: " before a run's error
+
+
 def missing_trials(runs: pd.DataFrame, kept: pd.DataFrame, broken: pd.Series) -> list[str]:
     """Trials (fingerprints) of `runs` with no run in `kept`: 'method/task/seed N: reason',
     the reason read from the trial's newest run (its status, or its non-finite score)."""
@@ -293,6 +297,9 @@ def missing_trials(runs: pd.DataFrame, kept: pd.DataFrame, broken: pd.Series) ->
     out = []
     for _, run in missing.sort_values("start_time", kind="stable").drop_duplicates(fingerprint, keep="last").iterrows():
         reason = "non-finite score" if broken.get(run.name, False) else run["status"]
+        error = run.get(f"tags.{TAG_ERROR}")
+        if isinstance(error, str) and error and reason != "RUNNING":  # why: "diverged at epoch 2: ...", "interrupted: ..."
+            reason += f" ({EXCEPTION_NAME.sub('', error)[:160]})"
         out.append(f"{run['params.method']}/{run['params.task']}/seed {run['params.seed']}: {reason}")
     return sorted(set(out))
 

@@ -45,6 +45,12 @@ class NonFiniteLoss(NonFinite):
     pass
 
 
+class Diverged(NonFinite):
+    """An epoch whose logged values (a score, a diagnostic such as expert CKA) are not all finite,
+    while loss and weights still were: e.g. a learning rate so large that every expert outputs
+    the same constant. The epoch's values are reported first, so the failed run shows them."""
+
+
 def weights_are_finite(model: torch.nn.Module) -> bool:
     """One reduction over every weight (~6 ms for MiniLM with 4 experts on one core, under 1% of a
     step): NaN and Inf survive a sum, so a single scalar answers for the whole model."""
@@ -419,6 +425,10 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         metrics["epoch"] = epoch
         history.append(metrics)
         report(metrics)
+        broken = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if broken:
+            raise Diverged(f"diverged at epoch {epoch}: {len(broken)} logged values are not finite "
+                           f"({', '.join(broken[:4])}{', ...' if len(broken) > 4 else ''})")
     bar.close()
 
     chosen = selected_epoch(history, cfg.select, task.higher_is_better)
@@ -429,12 +439,22 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         select_main_score=kept["select/main_score"],
         selected_epoch=kept["epoch"],
         train_time_s=time.perf_counter() - start,
+        **effective_max_lengths(train_features, eval_sets),
         train_examples=len(train_features),
         select_examples=len(select_examples),
         report_examples=sum(len(examples) for examples in report_examples.values()),
         **{f"params_{k}": v for k, v in model.num_parameters(measured_experts_per_token(model, kept)).items()},
     )
     return TrialResult(final, outcomes_by_epoch[chosen])
+
+
+def effective_max_lengths(train_features, eval_sets: dict) -> dict[str, int]:
+    """Beside the requested train.max_seq_length, the longest feature each role fed the model:
+    shorter where no example needed the whole length (moebench.features refuses a length that
+    some feature exceeds)."""
+    tables = {"train": [train_features], **{role: [features for features, _ in splits.values()] for role, splits in eval_sets.items()}}
+    return {f"effective_max_seq_length_{role}": max(max(feature_lengths(t), default=0) for t in found)
+            for role, found in tables.items()}
 
 
 def measured_experts_per_token(model: MoEModel, metrics: dict[str, float]) -> list[float] | None:

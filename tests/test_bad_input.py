@@ -288,6 +288,10 @@ CASES = [
     ("tracking-sqlite-not-sqlite", lambda tmp, data: ["--tracking-uri", f"sqlite:///{a_file(tmp)}"], "is not an SQLite database"),
     ("tracking-file-store-a-file", lambda tmp, data: ["--tracking-uri", f"file:{a_file(tmp)}"], "is a file, not an MLflow store folder"),
     ("output-dir-a-file", lambda tmp, data: ["--output-dir", a_file(tmp)], "is a file, not a directory"),
+    # a length the tokenizer cannot cut to: the features would keep their whole length (issue 29)
+    ("max-seq-length-below-a-pair", ["--allow-dirty", "--max-seq-length", "2"],
+     "--max-seq-length 2 cannot be honoured on rte: 64 of the first 64 training examples stay longer"),
+    ("max-seq-length-below-a-choice", ["--allow-dirty", "--tasks", "copa", "--max-seq-length", "2"], "use --max-seq-length 3 or more"),
     ("output-dir-under-a-file", lambda tmp, data: ["--output-dir", a_file(tmp) + "/runs"], "a-file is a file, not a directory"),
 ]
 

@@ -273,11 +273,13 @@ def test_missing_runs_are_listed_with_their_reason_and_pair_only_where_both_rows
     runs = [record(m, "rte", s, 0.6 + 0.01 * s + (0.02 if m == "b" else 0)) for m in ("vanilla", "b", "c") for s in range(4)]
     runs = [r for r in runs if not (r["params"]["method"] == "c" and r["params"]["seed"] == "3")]
     runs.append(record("c", "rte", 3, float("nan"), status="FAILED"))
+    runs[-1]["tags"]["moebench.error"] = "moebench.train.Diverged: diverged at epoch 2: 1 logged values are not finite (diagnostics/expert_cka)"
     runs.append(record("b", "sst2", 0, float("nan"), status="RUNNING"))
     board = leaderboard.build(runs, "exp", replicates=20)
     assert board.to_baseline["rte"]["b"].n == 4 and board.to_baseline["rte"]["c"].n == 3  # not both cut to 3
-    assert board.left_out == ["b/sst2/seed 0: RUNNING", "c/rte/seed 3: FAILED"]
-    assert "c/rte/seed 3: FAILED" in leaderboard.provenance(board)
+    diverged = "c/rte/seed 3: FAILED (diverged at epoch 2: 1 logged values are not finite (diagnostics/expert_cka))"
+    assert board.left_out == ["b/sst2/seed 0: RUNNING", diverged]
+    assert diverged in leaderboard.provenance(board)
 
 
 def test_a_configuration_that_lost_a_seed_ranks_below_one_that_finished_them_all():

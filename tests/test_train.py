@@ -175,3 +175,38 @@ def test_a_non_finite_score_fails_the_trial(tiny_model_dir, data_dir, monkeypatc
     monkeypatch.setattr(type(task), "score", lambda self, *args: {**score(self, *args), "spearman": float("nan")})
     with pytest.raises(NonFinite, match="the select split's main score is nan at epoch 1"):
         run_trial(trial(tiny_model_dir, data_dir, method="vanilla", task="stsb"), progress=False)
+
+
+def test_an_epoch_with_a_non_finite_diagnostic_fails_as_diverged_after_reporting_it(tiny_model_dir, data_dir, monkeypatch):
+    """Loss and weights finite, but a logged value is not (as --lr 1e6 leaves expert CKA NaN on
+    experts that all output one constant): the run must not end FINISHED; its values are reported."""
+    import math
+
+    import pytest
+
+    from moebench.registry import METHODS
+    from moebench.train import Diverged
+
+    monkeypatch.setattr(METHODS.get("vanilla"), "diagnostics", lambda self: {"router_spread": float("nan")})
+    reports = []
+    with pytest.raises(Diverged, match=r"diverged at epoch 1: 1 logged values are not finite \(diagnostics/router_spread\)"):
+        run_trial(trial(tiny_model_dir, data_dir, method="vanilla"), report=reports.append, progress=False)
+    assert [r["epoch"] for r in reports] == [1] and math.isnan(reports[0]["diagnostics/router_spread"])
+    assert math.isfinite(reports[0]["report/main_score"])
+
+
+def test_a_trial_logs_the_longest_feature_each_role_fed_beside_the_requested_length(tiny_model_dir, data_dir):
+    from moebench.features import encode_table
+    from moebench.moe.upcycle import load_tokenizer
+    from moebench.registry import TASKS
+    from moebench.splits import load_roles
+
+    spec = trial(tiny_model_dir, data_dir, method="vanilla")
+    metrics = run_trial(spec, progress=False).metrics
+    tokenizer, task = load_tokenizer(spec.model), TASKS.get(spec.task)
+    train, select, report = load_roles(task, spec.train, data_dir)
+    longest = lambda examples: int(encode_table(task, examples, tokenizer, spec.train.max_seq_length).lengths.max())
+    assert metrics["effective_max_seq_length_train"] == longest(train)
+    assert metrics["effective_max_seq_length_select"] == longest(select)
+    assert metrics["effective_max_seq_length_report"] == max(longest(r) for r in report.values())
+    assert metrics["effective_max_seq_length_train"] <= spec.train.max_seq_length
