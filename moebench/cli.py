@@ -392,19 +392,13 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from moebench.config import RunConfig
-
     output = args.output or os.path.join(args.output_dir, "leaderboard")
     if args.from_export:
         for path in args.from_export:
             if not os.path.isfile(path):
                 raise UsageError(f"--from-export {path!r}: no such file")
         return print_leaderboard(None, args.experiment, output, tuple(args.format), args.baseline, args.from_export)
-    uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
-        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, --tracking-uri, "
-                         "or --from-export FILE)")
-    return print_leaderboard(uri, args.experiment, output, tuple(args.format), args.baseline)
+    return print_leaderboard(existing_store(args, "--from-export FILE"), args.experiment, output, tuple(args.format), args.baseline)
 
 
 def command_power(args: argparse.Namespace) -> int:
@@ -433,14 +427,22 @@ def command_power(args: argparse.Namespace) -> int:
     return 0
 
 
-def existing_store(args: argparse.Namespace) -> str:
+def existing_store(args: argparse.Namespace, alternative: str = "") -> str:
     """The tracking URI that --tracking-uri or --output-dir names, for commands that read a store
-    a run made: a default SQLite store that does not exist is a usage error, not a new store."""
+    a run made: an SQLite store that does not exist is a usage error, not a new store, and one
+    that exists is checked (moebench.preflight.check_mlflow_database) before MLflow opens it."""
     from moebench.config import RunConfig
+    from moebench.preflight import check_mlflow_database, check_tracking_uri
 
     uri = RunConfig((), (), output_dir=args.output_dir, tracking_uri=args.tracking_uri).resolved_tracking_uri()
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri.removeprefix("sqlite:///")):
-        raise UsageError(f"no MLflow store at {uri.removeprefix('sqlite:///')} (give --output-dir of a run, or --tracking-uri)")
+    if not uri.startswith("sqlite:///"):
+        check_tracking_uri(uri)  # a scheme MLflow knows, a server that answers
+        return uri
+    database = uri.removeprefix("sqlite:///").split("?")[0]
+    if not os.path.isfile(database):
+        raise UsageError(f"no MLflow store at {database} (give --output-dir of a run, --tracking-uri"
+                         + (f", or {alternative})" if alternative else ")"))
+    check_mlflow_database(uri, database)
     return uri
 
 

@@ -40,7 +40,7 @@ def check_environment(cfg) -> dict:
 
     check_address(cfg.address)
     check_output_dir(cfg.output_dir)
-    check_tracking_uri(cfg.resolved_tracking_uri())
+    check_tracking_uri(cfg.resolved_tracking_uri() if cfg.tracking_uri != "" else "")
     if cfg.address is None:  # a cluster's resources are the cluster's to judge
         check_local_resources(cfg.cpus_per_trial, cfg.gpus_per_trial)
     config = model_config(cfg.model or default_model_path())
@@ -183,6 +183,32 @@ def check_address(address: str | None) -> None:
         raise UsageError(f"{given} {value}: Ray Client (ray://) is not supported, since Tune would run the sweep and its "
                          "MLflow logging on the cluster's head instead of here; run moebench on a node of the cluster "
                          "with --address HOST:PORT (the head's GCS address, port 6379 by default) or --address auto")
+    if address and address != "local":
+        check_cluster_answers(address)
+
+
+def check_cluster_answers(address: str) -> None:
+    """A cluster at `address` accepts a connection within SERVER_TIMEOUT_S seconds; ray.init()
+    would otherwise wait on an address where nothing answers until it is killed."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        found = canonicalize_bootstrap_address(address)
+    except Exception as error:  # an address Ray cannot parse or resolve
+        raise UsageError(f"--address {address}: not a Ray cluster address ({error}); give HOST:PORT of the head "
+                         "(port 6379 by default) or auto") from None
+    if found is None:
+        raise UsageError(f"--address {address}: no Ray cluster is running on this machine; start one "
+                         "(ray start --head) or give HOST:PORT of a head")
+    host, _, port = found.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=SERVER_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--address {address}: no Ray cluster answers at {found} within {SERVER_TIMEOUT_S:g} s "
+                         f"({getattr(error, 'strerror', None) or error}); start the head (ray start --head --port {port or 6379}) "
+                         "or fix the address") from None
 
 
 # ---- this machine -----------------------------------------------------------------------------
@@ -288,6 +314,8 @@ def check_creatable(path: str, what: str) -> None:
 
 
 def check_output_dir(output_dir: str) -> None:
+    if not output_dir.strip():
+        raise UsageError(f"--output-dir {output_dir!r} is empty; give a directory (it holds the store, the features and the board)")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UsageError(f"--output-dir {output_dir!r} is a file, not a directory")
     check_creatable(output_dir, f"--output-dir {output_dir!r}")
@@ -305,6 +333,9 @@ def check_tracking_uri(uri: str) -> None:
     instead of MLflow's minutes of retries)."""
     if uri in ("databricks", "databricks-uc", "uc"):
         return
+    if not uri.strip():
+        raise UsageError("--tracking-uri is empty; give sqlite:///PATH, http(s)://HOST:PORT of a tracking server, "
+                         "postgresql://, mysql://, mssql:// or databricks")
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme.lower()
     if not scheme:  # a folder: MLflow's file store
@@ -328,6 +359,10 @@ def check_tracking_uri(uri: str) -> None:
 def check_store_folder(uri: str, path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--tracking-uri {uri!r}: {path} is a file, not an MLflow store folder")
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise UsageError(f"--tracking-uri {uri!r} names a folder, MLflow's file store, which MLflow "
+                         f"{mlflow_version()} refuses unless MLFLOW_ALLOW_FILE_STORE=true; give sqlite:///{path} "
+                         "(a database file) or http(s)://HOST:PORT of a tracking server")
     check_creatable(path, f"--tracking-uri {uri!r}")
 
 
@@ -342,10 +377,64 @@ def check_sqlite(uri: str) -> None:
     if os.path.isfile(database):
         if not os.access(database, os.R_OK | os.W_OK):
             raise UsageError(f"--tracking-uri {uri!r}: {database} is not writable")
-        with open(database, "rb") as f:
-            header = f.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise UsageError(f"--tracking-uri {uri!r}: {database} is not an SQLite database")
+        check_mlflow_database(uri, database)
+
+
+def mlflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("mlflow")
+
+
+def check_mlflow_database(uri: str, database: str) -> None:
+    """An SQLite file that exists is an MLflow store, whole, at the schema this MLflow writes;
+    read without writing (MLflow itself would create its tables inside another program's
+    database, or fail with a traceback on a truncated or older one)."""
+    import contextlib
+    import sqlite3
+
+    with open(database, "rb") as f:
+        header = f.read(16)
+    if not header:
+        return  # an empty file: MLflow makes its tables
+    if header != b"SQLite format 3\x00":
+        raise UsageError(f"--tracking-uri {uri!r}: {database} is not an SQLite database")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(database)}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            damage = db.execute("PRAGMA quick_check").fetchone()[0]
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+    except sqlite3.Error as error:
+        raise UsageError(f"--tracking-uri {uri!r}: {database} cannot be read ({error}); a truncated or damaged "
+                         "store: restore it from a copy, or give another path") from None
+    if damage != "ok":
+        raise UsageError(f"--tracking-uri {uri!r}: {database} is damaged (SQLite's check: {damage}); restore it from a "
+                         "copy, or give another path")
+    if not tables:
+        return  # a new, empty database: MLflow makes its tables
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UsageError(f"--tracking-uri {uri!r}: {database} is an SQLite database of another program, not an MLflow "
+                         f"store (its tables: {shown}); give another path")
+    revision = revision[0] if revision else None
+    expected, known = schema_revisions()
+    if revision == expected:
+        return
+    if revision in known:
+        raise UsageError(f"--tracking-uri {uri!r}: {database} is an MLflow store at an older schema revision ({revision}; "
+                         f"MLflow {mlflow_version()} writes {expected}); back it up, then upgrade it with "
+                         f"`mlflow db upgrade {uri}`, or give another path")
+    raise UsageError(f"--tracking-uri {uri!r}: {database} is an MLflow store at schema revision {revision}, which MLflow "
+                     f"{mlflow_version()} does not know (a newer MLflow wrote it?); use that MLflow, or give another path")
+
+
+def schema_revisions() -> tuple[str, set[str]]:
+    """This MLflow's store schema: its head revision, and every revision it can upgrade from."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    return script.get_current_head(), {r.revision for r in script.walk_revisions()}
 
 
 def check_server(uri: str) -> None:

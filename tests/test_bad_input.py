@@ -272,6 +272,8 @@ CASES = [
     ("squad-no-questions", squad(b'{"data": []}'), "dev-v1.1.json: no questions"),
     ("data-dir-a-file", lambda tmp, data: ["--data-dir", a_file(tmp)], "is not a directory"),
     # the Ray cluster: Ray Client would run Tune, and with it the MLflow logging, on the head
+    ("address-nobody-there", lambda tmp, data: ["--address", f"127.0.0.1:{closed_port()}"], "no Ray cluster answers at "),
+    ("address-not-an-address", ["--address", "no such host:x"], "--address no such host:x: "),
     ("address-ray-client", ["--address", "ray://head:10001"], "--address ray://head:10001: Ray Client (ray://) is not supported"),
     ("address-ray-client-upper-case", ["--address", "RAY://head:10001"], "run moebench on a node of the cluster with --address HOST:PORT"),
     # where results go
@@ -288,6 +290,9 @@ CASES = [
     ("tracking-sqlite-not-sqlite", lambda tmp, data: ["--tracking-uri", f"sqlite:///{a_file(tmp)}"], "is not an SQLite database"),
     ("tracking-file-store-a-file", lambda tmp, data: ["--tracking-uri", f"file:{a_file(tmp)}"], "is a file, not an MLflow store folder"),
     ("output-dir-a-file", lambda tmp, data: ["--output-dir", a_file(tmp)], "is a file, not a directory"),
+    ("tracking-uri-a-bare-word", ["--tracking-uri", "garbage"], "names a folder, MLflow's file store"),
+    ("tracking-uri-empty", ["--tracking-uri", ""], "--tracking-uri is empty"),
+    ("output-dir-empty", ["--output-dir", ""], "--output-dir '' is empty"),
     # a length the tokenizer cannot cut to: the features would keep their whole length (issue 29)
     ("max-seq-length-below-a-pair", ["--allow-dirty", "--max-seq-length", "2"],
      "--max-seq-length 2 cannot be honoured on rte: 64 of the first 64 training examples stay longer"),
