@@ -48,6 +48,7 @@ def check_environment(cfg) -> dict:
     check_model_options(cfg, config, name)
     if cfg.address is None:
         check_memory(cfg, config, name)
+    check_checkpoint(cfg.model or default_model_path(), config)
     return config
 
 
@@ -130,6 +131,106 @@ def hub_file(repo_id: str, filename: str) -> str:
             f"--model {repo_id!r}: could not load it from the Hugging Face Hub ({type(error).__name__}); "
             "is the hub reachable and the id right? Otherwise pass a local model directory"
         ) from None
+
+
+# ---- the checkpoint: weights that load and fit config.json, a tokenizer that reads text -------------
+
+ROUND_TRIP = "The quick brown fox jumps over the lazy dog."
+
+
+def check_checkpoint(model: str, config: dict) -> None:
+    """Open the weights and the tokenizer once, in the driver: a broken checkpoint would
+    otherwise be found by every trial, as a traceback, after Ray and the store had started."""
+    folder = model if os.path.isdir(model) else os.path.dirname(hub_file(model, "config.json"))
+    shapes = checkpoint_shapes(model, folder)
+    if shapes is not None:
+        check_shapes(model, folder, shapes)
+    check_tokenizer(model, folder)
+
+
+def checkpoint_shapes(model: str, folder: str) -> dict[str, tuple] | None:
+    """Every tensor's shape, read from the safetensors headers or a memory-mapped torch file
+    (no weight is read); None where the weights are not here (a hub model downloaded later)."""
+    files = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f))]
+    if not files:
+        return None
+    name = files[0]
+    if name.endswith(".index.json"):
+        index = os.path.join(folder, name)
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise UsageError(f"--model {model!r}: cannot read the shard index {index} ({type(error).__name__}: {error})") from None
+    else:
+        shards = [name]
+    shapes = {}
+    for shard in shards:
+        shapes.update(tensor_shapes(model, os.path.join(folder, shard)))
+    return shapes
+
+
+def tensor_shapes(model: str, path: str) -> dict[str, tuple]:
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
+    except Exception as error:  # safetensors, pickle and zip errors alike mean "these are not weights"
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--model {model!r}: cannot read the weights {path} ({reason}); a damaged or partial download?") from None
+
+
+def check_shapes(model: str, folder: str, shapes: dict[str, tuple]) -> None:
+    """The checkpoint's tensors are those of the encoder config.json describes, at its shapes:
+    the encoder is built on the meta device (no memory) and compared tensor by tensor."""
+    import torch
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with torch.device("meta"):
+            encoder = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(folder))
+    except Exception as error:
+        raise UsageError(f"--model {model!r}: config.json does not describe a model transformers can build "
+                         f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    expected = {key: tuple(value.shape) for key, value in encoder.state_dict().items()}
+    prefix = encoder.base_model_prefix + "."
+    found = {key.removeprefix(prefix): shape for key, shape in shapes.items()}
+    common = [key for key in expected if key in found]
+    if not common:
+        raise UsageError(f"--model {model!r}: none of the {len(shapes)} tensors in its weights is one of the "
+                         f"{type(encoder).__name__} that config.json describes (e.g. {next(iter(expected))}); "
+                         "weights of another model?")
+    for key in common:
+        if found[key] != expected[key]:
+            raise UsageError(f"--model {model!r}: its weights do not fit config.json: {key} is {list(found[key])} in the "
+                             f"weights, {list(expected[key])} by config.json")
+
+
+def check_tokenizer(model: str, folder: str) -> None:
+    """The tokenizer loads and reads a plain English sentence back (not as unknown tokens)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ids = tokenizer(ROUND_TRIP)["input_ids"]
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--model {model!r}: its tokenizer does not load from {folder} ({reason})") from None
+    words = [i for i in ids if i not in set(tokenizer.all_special_ids)]
+    back = tokenizer.decode(words)
+    if not words or "".join(back.lower().split()) != "".join(ROUND_TRIP.lower().split()):
+        raise UsageError(f"--model {model!r}: its tokenizer reads {ROUND_TRIP!r} back as {back!r}; a damaged or "
+                         "mismatched vocabulary?")
 
 
 def position_limit(config: dict) -> int | None:

@@ -7,8 +7,12 @@ calls `moebench.cli.main` in-process, so the whole corpus runs in seconds.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -137,6 +141,53 @@ def a_file(tmp: Path) -> str:
     path = tmp / "a-file"
     path.write_text("not a directory\n")
     return str(path)
+
+
+def checkpoint(damage):
+    """A real tiny BERT (weights, config.json, the packaged MiniLM's tokenizer), then `damage(path)`."""
+    def build(tmp, data):
+        path = tmp / "model"
+        shutil.copytree(tiny_checkpoint(), path)
+        damage(path)
+        return ["--model", str(path)]
+    return build
+
+
+_TINY = {}
+
+
+def tiny_checkpoint() -> str:
+    """Saved once per session: a 2-layer, hidden-32 BERT with the packaged MiniLM's tokenizer."""
+    if "path" not in _TINY:
+        import tempfile
+
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        from moebench.moe.upcycle import default_model_path
+
+        path = tempfile.mkdtemp(prefix="moebench-tiny-checkpoint-")
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+        torch.manual_seed(0)
+        with contextlib.redirect_stderr(io.StringIO()):  # save_pretrained's progress bar: not the command's output
+            BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        atexit.register(shutil.rmtree, path, True)
+        _TINY["path"] = path
+    return _TINY["path"]
+
+
+def rewrite_config(path: Path, **changes) -> None:
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def foreign_weights(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"decoder.block.0.weight": torch.zeros(4, 4)}, str(path / "model.safetensors"))
 
 
 def hub_cache(tmp: Path, repo: str, files: dict[str, str]) -> str:
@@ -293,6 +344,28 @@ CASES = [
     ("tracking-uri-a-bare-word", ["--tracking-uri", "garbage"], "names a folder, MLflow's file store"),
     ("tracking-uri-empty", ["--tracking-uri", ""], "--tracking-uri is empty"),
     ("output-dir-empty", ["--output-dir", ""], "--output-dir '' is empty"),
+    # checkpoints whose config.json is fine but whose weights or tokenizer are not
+    ("checkpoint-weights-random-bytes", checkpoint(lambda p: (p / "model.safetensors").write_bytes(os.urandom(4096))),
+     "cannot read the weights"),
+    ("checkpoint-weights-empty", checkpoint(lambda p: (p / "model.safetensors").write_bytes(b"")), "cannot read the weights"),
+    ("checkpoint-weights-truncated", checkpoint(lambda p: (p / "model.safetensors").write_bytes(
+        (p / "model.safetensors").read_bytes()[:5000])), "cannot read the weights"),
+    ("checkpoint-shapes-disagree-with-config", checkpoint(lambda p: rewrite_config(p, hidden_size=64, num_attention_heads=4)),
+     "its weights do not fit config.json: embeddings."),
+    ("checkpoint-more-layers-in-config", checkpoint(lambda p: rewrite_config(p, intermediate_size=128)),
+     "intermediate.dense.weight is [64, 32] in the weights, [128, 32] by config.json"),
+    ("checkpoint-weights-of-another-model", checkpoint(foreign_weights), "none of the 1 tensors in its weights"),
+    ("checkpoint-torch-file-random-bytes", checkpoint(lambda p: ((p / "model.safetensors").unlink(),
+                                                                 (p / "pytorch_model.bin").write_bytes(os.urandom(2048)))),
+     "pytorch_model.bin"),
+    ("checkpoint-shard-index-not-json", checkpoint(lambda p: ((p / "model.safetensors").unlink(),
+                                                              (p / "model.safetensors.index.json").write_text("{not json"))),
+     "cannot read the shard index"),
+    ("checkpoint-tokenizer-json-corrupt", checkpoint(lambda p: (p / "tokenizer.json").write_text('{"version": "1.0", "model": 3}')),
+     "its tokenizer does not load"),
+    ("checkpoint-vocabulary-of-another-model", checkpoint(lambda p: ((p / "tokenizer.json").unlink(),
+                                                                     (p / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n"))),
+     "its tokenizer reads 'The quick brown fox jumps over the lazy dog.' back as"),
     # a length the tokenizer cannot cut to: the features would keep their whole length (issue 29)
     ("max-seq-length-below-a-pair", ["--allow-dirty", "--max-seq-length", "2"],
      "--max-seq-length 2 cannot be honoured on rte: 64 of the first 64 training examples stay longer"),
