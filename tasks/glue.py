@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from moebench.errors import DataError
 from moebench.metric import shipped
-from moebench.task import check_splits, check_text, load_hub_split, read_text
+from moebench.task import MAX_TEXT_CHARS, check_splits, check_text, load_hub_split, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts
 
 HUB_DATASET = "nyu-mll/glue"
@@ -76,8 +76,7 @@ class GlueTask(SequenceClassification):
     def _load_local(self, path: str) -> list[dict[str, Any]]:
         has_header = not isinstance(self.local_label_column, int)
         examples, skipped = [], 0
-        # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
-        rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = tsv_rows(path)
         header = next(rows, None) if has_header else None
         if has_header and not header:
             raise DataError(f"{path}, line 1: " + ("empty file" if header is None else "blank line")
@@ -125,6 +124,18 @@ class GlueTask(SequenceClassification):
 
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         return encode_texts(examples, tokenizer, max_length)
+
+
+def tsv_rows(path: str):
+    """The rows of a GLUE tsv, one per line. A field beyond csv's own limit (131,072 characters,
+    past MAX_TEXT_CHARS) is a DataError naming its line, not a csv traceback."""
+    # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
+    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        yield from rows
+    except csv.Error as error:
+        raise DataError(f"{path}, line {rows.line_num}: {error}; a text field may have at most "
+                        f"{MAX_TEXT_CHARS:,} characters") from None
 
 
 _PAIR = ("sentence1", "sentence2")
