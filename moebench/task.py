@@ -149,11 +149,11 @@ def check_texts(record: Any, fields: tuple[str, ...], where: str, may_be_empty: 
     `may_be_empty` may hold empty text. A missing field, or a container of another type, is left
     to the task's reader, which names it."""
     for path in fields:
-        for field, value in values_at(record, path.split("."), ""):
+        for field, value in fields_at(record, path.split("."), ""):
             check_text(value, field, where, path in may_be_empty)
 
 
-def values_at(value: Any, steps: list[str], name: str):
+def fields_at(value: Any, steps: list[str], name: str):
     if not steps:
         yield name, value
         return
@@ -162,10 +162,10 @@ def values_at(value: Any, steps: list[str], name: str):
         return
     child, name = value[key], f"{name}.{key}" if name else key
     if not steps[0].endswith("[]"):
-        yield from values_at(child, steps[1:], name)
+        yield from fields_at(child, steps[1:], name)
     elif isinstance(child, list):
         for i, item in enumerate(child):
-            yield from values_at(item, steps[1:], f"{name}[{i}]")
+            yield from fields_at(item, steps[1:], f"{name}[{i}]")
 
 
 _LOADED: dict[tuple[str, str, str | None], list] = {}
