@@ -7,6 +7,7 @@ model inputs, and its official metric with one main score.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -51,7 +52,9 @@ class Task(Protocol):
         """Raise UsageError naming what is missing for these split names, before any trial starts."""
 
     def load(self, split: str, data_dir: str | None) -> list[dict[str, Any]]:
-        """Every example of one named split: from local files when data_dir is set, else the hub."""
+        """Every example of one named split: from local files when data_dir is set, else the hub.
+        A local reader passes each text field it reads through `check_text` (or `check_texts`),
+        so a null, a number or an empty or huge text is a DataError naming file, line and field."""
 
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         """Tokenised features (unpadded): model inputs and the training target (`labels`, or
@@ -109,6 +112,60 @@ def read_text(path: str) -> str:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
                         "save the file as UTF-8") from None
+
+
+# No tokenizer keeps more than a few thousand characters of a field (512 tokens), and the longest
+# field of the real data is a BoolQ passage of 4,805. A field twenty times that is a broken file
+# (lines run together, a pasted blob), not an example. It is refused, not truncated: a cut text
+# would train on something the file does not say, and a SQuAD answer could lie beyond the cut.
+MAX_TEXT_CHARS = 100_000
+
+
+def check_text(value: Any, field: str, where: str, may_be_empty: bool = False) -> None:
+    """The rule every local reader applies to every text field a task reads: a string (not null,
+    a number, a list or an object, which would be trained on as "None" or "5"), not empty or only
+    whitespace unless the task's real data leaves that field empty, and at most MAX_TEXT_CHARS
+    long. `where` names the file and the line or record, for the DataError."""
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_CHARS:
+            raise DataError(f"{where}: field {field!r} is {len(value):,} characters long; "
+                            f"a text field may have at most {MAX_TEXT_CHARS:,}")
+        if value.strip() or may_be_empty:
+            return
+        problem = "empty" if not value else "only whitespace"
+    elif value is None or isinstance(value, bool):
+        problem = json.dumps(value)  # null, true, false
+    elif isinstance(value, (int, float)):
+        problem = f"a number ({value!r})"
+    else:
+        problem = {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    raise DataError(f"{where}: field {field!r} is {problem}, expected text")
+
+
+def check_texts(record: Any, fields: tuple[str, ...], where: str, may_be_empty: tuple[str, ...] = ()) -> None:
+    """`check_text` on each field of a JSON record that a path of `fields` names: `a.b` is field
+    b of object a, `a[]` each element of list a (MultiRC: `passage.questions[].answers[].text`);
+    the message names the element (`passage.questions[2].answers[0].text`). Paths in
+    `may_be_empty` may hold empty text. A missing field, or a container of another type, is left
+    to the task's reader, which names it."""
+    for path in fields:
+        for field, value in fields_at(record, path.split("."), ""):
+            check_text(value, field, where, path in may_be_empty)
+
+
+def fields_at(value: Any, steps: list[str], name: str):
+    if not steps:
+        yield name, value
+        return
+    key = steps[0].removesuffix("[]")
+    if not isinstance(value, dict) or key not in value:
+        return
+    child, name = value[key], f"{name}.{key}" if name else key
+    if not steps[0].endswith("[]"):
+        yield from fields_at(child, steps[1:], name)
+    elif isinstance(child, list):
+        for i, item in enumerate(child):
+            yield from fields_at(item, steps[1:], f"{name}[{i}]")
 
 
 _LOADED: dict[tuple[str, str, str | None], list] = {}

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from moebench.errors import DataError
 from moebench.metric import shipped
-from moebench.task import check_splits, load_hub_split, read_text
+from moebench.task import MAX_TEXT_CHARS, check_splits, check_text, load_hub_split, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts
 
 HUB_DATASET = "nyu-mll/glue"
@@ -40,6 +40,7 @@ class GlueTask(SequenceClassification):
     metric_config: str | None  # the configuration of `metric` that scores this task
     main_metric: str
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
+    may_be_empty: tuple[str | int, ...] = ()  # text columns the official files leave empty in some rows
     # The GLUE benchmark score averages a task's two metrics where it reports two.
     family_metrics: tuple[str, ...] = ()
     group: str = "glue"
@@ -75,8 +76,7 @@ class GlueTask(SequenceClassification):
     def _load_local(self, path: str) -> list[dict[str, Any]]:
         has_header = not isinstance(self.local_label_column, int)
         examples, skipped = [], 0
-        # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
-        rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = tsv_rows(path)
         header = next(rows, None) if has_header else None
         if has_header and not header:
             raise DataError(f"{path}, line 1: " + ("empty file" if header is None else "blank line")
@@ -92,6 +92,9 @@ class GlueTask(SequenceClassification):
                 label = self._parse_label(row[self.local_label_column])
             except (KeyError, IndexError, ValueError) as error:
                 raise DataError(f"{path}, line {line_number}: cannot read {self.name} example ({error})") from None
+            for column, text in zip(self.local_text_columns, texts):
+                check_text(text, column if has_header else f"column {column + 1}", f"{path}, line {line_number}",
+                           column in self.may_be_empty)
             examples.append({"texts": texts, "label": label})
         if not examples:
             raise DataError(f"{path}: no {self.name} examples" + (f" ({skipped} rows with the wrong column count)" if skipped else ""))
@@ -123,6 +126,18 @@ class GlueTask(SequenceClassification):
         return encode_texts(examples, tokenizer, max_length)
 
 
+def tsv_rows(path: str):
+    """The rows of a GLUE tsv, one per line. A field beyond csv's own limit (131,072 characters,
+    past MAX_TEXT_CHARS) is a DataError naming its line, not a csv traceback."""
+    # GLUE TSVs contain bare quote characters; they are text, not CSV quoting.
+    rows = csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        yield from rows
+    except csv.Error as error:
+        raise DataError(f"{path}, line {rows.line_num}: {error}; a text field may have at most "
+                        f"{MAX_TEXT_CHARS:,} characters") from None
+
+
 _PAIR = ("sentence1", "sentence2")
 _NLI2 = ("entailment", "not_entailment")
 
@@ -150,6 +165,8 @@ QQP = GlueTask(
     "qqp", "QQP: duplicate Quora questions (F1/acc)", "qqp", "QQP",
     {"train": "train.tsv", "validation": "dev.tsv"}, ("question1", "question2"), "is_duplicate",
     ("question1", "question2"), ("not_duplicate", "duplicate"), "qqp", "f1", family_metrics=("f1", "accuracy"),
+    # The official train.tsv has two rows with an empty question2 (huggingface/datasets#277).
+    may_be_empty=("question2",),
 )
 MNLI = GlueTask(
     "mnli", "MNLI: 3-way entailment (matched/mismatched acc)", "mnli", "MNLI",

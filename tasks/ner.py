@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from moebench.errors import DataError, UsageError
 from moebench.metric import compute, compute_direct, shipped
-from moebench.task import check_splits, load_hub_split, read_text
+from moebench.task import check_splits, check_text, load_hub_split, read_text
 
 HUB_DATASET = "eriktks/conll2003"
 # That repository holds a loading script, which `datasets` >= 4 no longer runs; the hub's
@@ -73,6 +73,7 @@ def read_conll(path: str) -> list[dict[str, Any]]:
             )
         if columns[-1] not in LABEL_IDS:
             raise DataError(f"{path}, line {line_number}: unknown NER tag {columns[-1]!r}; expected one of {', '.join(LABELS)}")
+        check_text(columns[0], "token", f"{path}, line {line_number}")  # splitting leaves only its length to check
         tokens.append(columns[0])
         tags.append(columns[-1])
     end_sentence()  # the last sentence when the file has no final blank line

@@ -26,7 +26,7 @@ import numpy as np
 
 from moebench.metric import compute, compute_direct, shipped
 from moebench.errors import DataError, UsageError
-from moebench.task import check_splits, load_hub_split, read_text
+from moebench.task import check_splits, check_texts, load_hub_split, read_text
 
 N_BEST = 20  # best start and end logits combined per window, as in BERT's run_squad.py
 MAX_ANSWER_TOKENS = 30
@@ -38,14 +38,23 @@ METRIC = shipped("moebench_squad")
 
 # ---- loading ---------------------------------------------------------------------------------
 
+# The text fields a SQuAD file's questions are read from, as paths into the whole file
+# (moebench.task.check_texts), so a message names the record: data[3].paragraphs[0].qas[5].question.
+# The id is text too: the hub's ids are, and skipped questions are named by it.
+TEXT_FIELDS = ("data[].paragraphs[].context", "data[].paragraphs[].qas[].id", "data[].paragraphs[].qas[].question",
+               "data[].paragraphs[].qas[].answers[].text")
+
+
 def read_squad_json(path: str, allows_no_answer: bool) -> list[dict[str, Any]]:
     """Every question of an official SQuAD JSON file, in file order, in the hub schema."""
     try:
-        articles = json.loads(read_text(path))["data"]
+        squad = json.loads(read_text(path))
+        articles = squad["data"]
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})") from None
     except (KeyError, TypeError):
         raise DataError(f"{path}: no top-level 'data' list; expected the official SQuAD JSON format") from None
+    check_texts(squad, TEXT_FIELDS, path)
     examples, misplaced, unanswered = [], [], []
     try:
         for article in articles:

@@ -28,7 +28,7 @@ from typing import Any, Callable, ClassVar
 
 from moebench.errors import DataError
 from moebench.metric import shipped
-from moebench.task import check_splits, load_hub_split, read_text
+from moebench.task import check_splits, check_texts, load_hub_split, read_text
 from moebench.tasks.classification import SequenceClassification, encode_texts, majority_value, to_plain
 
 HUB_DATASET = "aps/super_glue"
@@ -109,8 +109,13 @@ def wsc(row: dict, repairs: dict[str, int]) -> list[dict]:
     return [{"texts": [" ".join(words)], "label": label_id(row["label"], ("False", "True"))}]
 
 
+COPA_CONNECTORS = {"cause": "because", "effect": "so"}
+
+
 def copa(row: dict) -> list[dict]:
-    connector = {"cause": "because", "effect": "so"}[row["question"]]
+    if row["question"] not in COPA_CONNECTORS:
+        raise Malformed(f"question {row['question']!r} is neither 'cause' nor 'effect'")
+    connector = COPA_CONNECTORS[row["question"]]
     choices = [f"{connector} {row[c][0].lower()}{row[c][1:]}" for c in ("choice1", "choice2")]
     return [{"texts": [[row["premise"], choice] for choice in choices], "label": label_id(row["label"], ("0", "1"))}]
 
@@ -169,6 +174,10 @@ class SuperGlueTask(SequenceClassification):
     num_labels: int
     metric_config: str | None  # the configuration of `metric` that scores this task
     main_metric: str
+    # The text fields `from_local` reads, as paths into a jsonl record (moebench.task.check_texts),
+    # and those of them the official files leave empty in some records.
+    text_fields: tuple[str, ...]
+    may_be_empty: tuple[str, ...] = ()
     family_metrics: tuple[str, ...] = ()
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     group: str = "superglue"
@@ -199,7 +208,7 @@ class SuperGlueTask(SequenceClassification):
             rows = load_hub_split(HUB_DATASET, self.hub_config, split, self.name, f"superglue/{self.local_dir}/")
             examples = [e for row in rows for e in convert(row)]
         else:
-            examples = read_jsonl(self.local_path(data_dir, split), convert)
+            examples = read_jsonl(self.local_path(data_dir, split), convert, self.text_fields, self.may_be_empty)
         for what, count in repairs.items():
             if count:
                 print(f"moebench: {self.name} [{split}]: {count} {what}", file=sys.stderr)
@@ -209,7 +218,9 @@ class SuperGlueTask(SequenceClassification):
         return encode_texts(examples, tokenizer, max_length)
 
 
-def read_jsonl(path: str, convert: Callable[[dict], list[dict]]) -> list[dict]:
+def read_jsonl(path: str, convert: Callable[[dict], list[dict]], text_fields: tuple[str, ...],
+               may_be_empty: tuple[str, ...] = ()) -> list[dict]:
+    """The examples of every record of a jsonl file, each record's text fields checked first."""
     examples = []
     for line_number, line in enumerate(io.StringIO(read_text(path)), start=1):
         if not line.strip():
@@ -218,6 +229,7 @@ def read_jsonl(path: str, convert: Callable[[dict], list[dict]]) -> list[dict]:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise Malformed(f"expected a JSON object, got {type(record).__name__}")
+            check_texts(record, text_fields, f"{path}, line {line_number}", may_be_empty)
             examples.extend(convert(record))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}, line {line_number}: not a JSON record ({error.msg})") from None
@@ -328,20 +340,28 @@ _BOOL = 2
 _NLI3 = ("entailment", "contradiction", "neutral")  # hub label order
 _NLI2 = ("entailment", "not_entailment")
 
+_PAIR = ("premise", "hypothesis")
+_MULTIRC_ANSWER = "passage.questions[].answers[].text"
+
 BOOLQ = SuperGlueTask("boolq", "BoolQ: yes/no questions about a passage (acc)", "BoolQ", "boolq",
-                      boolq, boolq, _BOOL, "boolq", "accuracy")
+                      boolq, boolq, _BOOL, "boolq", "accuracy", text_fields=("question", "passage"))
 CB = SuperGlueTask("cb", "CommitmentBank: 3-way entailment (acc and macro-F1)", "CB", "cb",
-                   premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, "cb", "f1",
+                   premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, "cb", "f1", text_fields=_PAIR,
                    family_metrics=("accuracy", "f1"))
 COPA = MultipleChoiceTask("copa", "COPA: choice of plausible alternatives, cause or effect (acc)", "COPA", "copa",
-                          copa, copa, 2, "copa", "accuracy")
+                          copa, copa, 2, "copa", "accuracy", text_fields=("premise", "choice1", "choice2"))
+# The official training split has three answer options without text; the question is still read.
 MULTIRC = MultiRCTask("multirc", "MultiRC: multi-answer reading comprehension (F1a and EM)", "MultiRC", "multirc",
-                      multirc_local, multirc_hub, _BOOL, "multirc", "f1a", family_metrics=("f1a", "exact_match"))
+                      multirc_local, multirc_hub, _BOOL, "multirc", "f1a",
+                      text_fields=("passage.text", "passage.questions[].question", _MULTIRC_ANSWER),
+                      may_be_empty=(_MULTIRC_ANSWER,), family_metrics=("f1a", "exact_match"))
 RECORD = ReCoRDTask("record", "ReCoRD: cloze-style entity prediction over news (F1 and EM)", "ReCoRD", "record",
-                    record_local, record_hub, _BOOL, "record", "f1", family_metrics=("f1", "exact_match"))
+                    record_local, record_hub, _BOOL, "record", "f1",
+                    text_fields=("passage.text", "qas[].query", "qas[].answers[].text"),
+                    family_metrics=("f1", "exact_match"))
 RTE = SuperGlueTask("superglue_rte", "RTE (SuperGLUE copy): textual entailment (acc)", "RTE", "rte",
-                    premise_hypothesis(_NLI2), premise_hypothesis(_NLI2), 2, "rte", "accuracy")
+                    premise_hypothesis(_NLI2), premise_hypothesis(_NLI2), 2, "rte", "accuracy", text_fields=_PAIR)
 WIC = SuperGlueTask("wic", "WiC: same sense of a word in two sentences (acc)", "WiC", "wic",
-                    wic, wic, _BOOL, "wic", "accuracy")
+                    wic, wic, _BOOL, "wic", "accuracy", text_fields=("sentence1", "sentence2"))
 WSC = SuperGlueTask("wsc", "WSC: does the pronoun refer to the noun phrase (acc)", "WSC", "wsc.fixed",
-                    wsc, wsc, _BOOL, "wsc", "accuracy")
+                    wsc, wsc, _BOOL, "wsc", "accuracy", text_fields=("text", "target.span1_text", "target.span2_text"))

@@ -116,6 +116,48 @@ def cb_line(line: bytes):
     return build
 
 
+def jsonl(**fields) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+def superglue_line(task: str, folder: str, line: bytes, split: str = "val"):
+    """A SuperGLUE task's train.jsonl and val.jsonl (their first lines); one of them, `split`, holds
+    three lines, then `line` as line 4."""
+    def build(tmp, data):
+        files = {f"superglue/{folder}/{name}.jsonl": 20 for name in ("train", "val")}
+        broken = f"superglue/{folder}/{split}.jsonl"
+        files[broken] = head(os.path.join(data, broken), 3) + line
+        return ["--tasks", task, "--data-dir", data_copy(tmp, data, files)]
+    return build
+
+
+def cb_record(**changes) -> bytes:
+    return jsonl(**{"premise": "It rained.", "hypothesis": "It was wet.", "label": "entailment", "idx": 99, **changes})
+
+
+def copa_record(**changes) -> bytes:
+    return jsonl(**{"premise": "It rained.", "choice1": "The road was wet.", "choice2": "The sun shone.",
+                    "question": "effect", "label": 0, "idx": 99, **changes})
+
+
+def multirc_record(passage: str = "It rained all day.", question="What happened?") -> bytes:
+    answers = [{"text": "It rained.", "label": 1, "idx": 0}, {"text": "It snowed.", "label": 0, "idx": 1}]
+    return jsonl(idx=99, version=1.1, passage={"text": passage, "questions": [{"question": question, "answers": answers, "idx": 0}]})
+
+
+def squad_question(context="Denver won Super Bowl 50.", **changes):
+    """A SQuAD v1.1 dev file of one paragraph and four questions; `changes` replace fields of the last."""
+    questions = [{"id": f"q{i}", "question": "Who won?", "answers": [{"text": "Denver", "answer_start": 0}]} for i in range(4)]
+    questions[-1].update(changes)
+    return squad(json.dumps({"version": "1.1", "data": [{"title": "Super Bowl 50",
+                                                          "paragraphs": [{"context": context, "qas": questions}]}]}).encode())
+
+
+LONG = "a" * 200_000  # beyond moebench.task.MAX_TEXT_CHARS
+TOO_LONG = "is 200,000 characters long; a text field may have at most 100,000"
+SQUAD_Q = "dev-v1.1.json: field 'data[0].paragraphs[0].qas[3]"  # the last question of squad_question
+
+
 def conll(valid: bytes | None = None, extra_line: bytes = b""):
     def build(tmp, data):
         text = valid if valid is not None else head(os.path.join(data, "conll2003/valid.txt"), 30) + extra_line
@@ -321,6 +363,44 @@ CASES = [
     ("squad-not-utf8", squad(b'{"data": [], "version": "caf\xe9"}'), "dev-v1.1.json, line 1: not UTF-8 text"),
     ("squad-no-data", squad(b'{"version": "1.1"}'), "dev-v1.1.json: no top-level 'data' list"),
     ("squad-no-questions", squad(b'{"data": []}'), "dev-v1.1.json: no questions"),
+    # text fields: a string, not empty, not beyond moebench.task.MAX_TEXT_CHARS; else they trained as "None" or "5"
+    ("glue-text-empty", with_line(b"99\t\tA hypothesis.\tentailment\n"),
+     "RTE/train.tsv, line 11: field 'sentence1' is empty, expected text"),
+    ("glue-text-whitespace", with_line(b"99\tA premise.\t  \tentailment\n"), "line 11: field 'sentence2' is only whitespace"),
+    ("glue-text-too-long", with_line(b"99\t" + b"a" * 120_000 + b"\tA hypothesis.\tentailment\n"),
+     "RTE/train.tsv, line 11: field 'sentence1' is 120,000 characters long; a text field may have at most 100,000"),
+    ("glue-text-beyond-the-csv-limit", with_line(b"99\t" + LONG.encode() + b"\tA hypothesis.\tentailment\n"),
+     "RTE/train.tsv, line 11: field larger than field limit (131072); a text field may have at most 100,000 characters"),
+    ("cola-text-empty", glue("cola", "CoLA", train=b"gj04\t1\t\tGood.\ngj04\t0\t*\t\n"),
+     "CoLA/train.tsv, line 2: field 'column 4' is empty"),
+    ("superglue-text-null", cb_line(cb_record(premise=None)), "CB/val.jsonl, line 4: field 'premise' is null, expected text"),
+    ("superglue-text-number-in-train", superglue_line("cb", "CB", cb_record(hypothesis=5), split="train"),
+     "CB/train.jsonl, line 4: field 'hypothesis' is a number (5), expected text"),
+    ("superglue-text-list", cb_line(cb_record(premise=["It", "rained."])), "line 4: field 'premise' is a list, expected text"),
+    ("superglue-text-object", cb_line(cb_record(hypothesis={"text": "It was wet."})), "field 'hypothesis' is an object"),
+    ("superglue-text-boolean", cb_line(cb_record(hypothesis=True)), "line 4: field 'hypothesis' is true, expected text"),
+    ("superglue-text-empty", cb_line(cb_record(premise="")), "CB/val.jsonl, line 4: field 'premise' is empty"),
+    ("superglue-text-too-long", cb_line(cb_record(premise=LONG)), f"CB/val.jsonl, line 4: field 'premise' {TOO_LONG}"),
+    ("copa-choice-null", superglue_line("copa", "COPA", copa_record(choice2=None)),
+     "COPA/val.jsonl, line 4: field 'choice2' is null"),
+    ("copa-question-unknown", superglue_line("copa", "COPA", copa_record(question="why")),
+     "COPA/val.jsonl, line 4: question 'why' is neither 'cause' nor 'effect'"),
+    ("multirc-question-number", superglue_line("multirc", "MultiRC", multirc_record(question=7)),
+     "MultiRC/val.jsonl, line 4: field 'passage.questions[0].question' is a number (7)"),
+    ("multirc-passage-empty", superglue_line("multirc", "MultiRC", multirc_record(passage="")),
+     "line 4: field 'passage.text' is empty"),
+    ("wsc-span-empty", superglue_line("wsc", "WSC", jsonl(text="Ann met Bo .", idx=99, label=True, target={
+        "span1_index": 0, "span1_text": "", "span2_index": 2, "span2_text": "Bo"})), "WSC/val.jsonl, line 4: field 'target.span1_text' is empty"),
+    ("wic-sentence-null", superglue_line("wic", "WiC", jsonl(word="bank", sentence1=None, sentence2="A river bank.", start1=0,
+                                                             end1=4, start2=8, end2=12, idx=99, label=False)),
+     "WiC/val.jsonl, line 4: field 'sentence1' is null"),
+    ("squad-question-null", squad_question(question=None), f"{SQUAD_Q}.question' is null, expected text"),
+    ("squad-id-number", squad_question(id=7), f"{SQUAD_Q}.id' is a number (7)"),
+    ("squad-answer-a-list", squad_question(answers=[{"text": ["Denver"], "answer_start": 0}]), f"{SQUAD_Q}.answers[0].text' is a list"),
+    ("squad-answer-empty", squad_question(answers=[{"text": "", "answer_start": 0}]), f"{SQUAD_Q}.answers[0].text' is empty"),
+    ("squad-context-number", squad_question(context=42), "field 'data[0].paragraphs[0].context' is a number (42)"),
+    ("squad-context-too-long", squad_question(context=LONG), f"field 'data[0].paragraphs[0].context' {TOO_LONG}"),
+    ("conll-token-too-long", conll(extra_line=LONG.encode() + b" NNP B-NP O\n"), f"conll2003/valid.txt, line 31: field 'token' {TOO_LONG}"),
     ("data-dir-a-file", lambda tmp, data: ["--data-dir", a_file(tmp)], "is not a directory"),
     # the Ray cluster: Ray Client would run Tune, and with it the MLflow logging, on the head
     ("address-nobody-there", lambda tmp, data: ["--address", f"127.0.0.1:{closed_port()}"], "no Ray cluster answers at "),
@@ -402,6 +482,36 @@ def assert_refused(argv: list[str], capsys, expected: str) -> None:
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 60
+
+
+def test_every_real_split_loads(data_dir):
+    """No false refusals: every split a task finds in the shared data passes the checks above
+    (MultiRC's training split has answer options without text, which it may), and so does
+    FewGLUE's copy of each SuperGLUE task, the only ReCoRD records there."""
+    from collections import defaultdict
+    from functools import partial
+
+    from moebench.registry import TASKS
+    from moebench.task import has_local_split
+    from moebench.tasks.superglue import read_jsonl, wsc
+
+    loaded = set()
+    for name, task in TASKS.items():
+        if getattr(task, "local_path", None) is None:
+            continue
+        for split in {"train", "validation", "test", *task.eval_splits.values(), *getattr(task, "local_files", {})}:
+            if has_local_split(task, split, data_dir):
+                assert task.load(split, data_dir), (name, split)
+                loaded.add((name, split))
+    assert {("cola", "train"), ("qnli", "validation"), ("multirc", "train"), ("wsc", "train"), ("squad", "validation"),
+            ("conll2003", "train")} <= loaded
+    superglue = {task.local_dir: task for _, task in TASKS.items() if task.group == "superglue"}
+    fewglue = sorted(Path(data_dir, "superglue").glob("*/fewglue/*.jsonl"))
+    assert {path.parent.parent.name for path in fewglue} == set(superglue)
+    for path in fewglue:
+        task = superglue[path.parent.parent.name]
+        convert = partial(wsc, repairs=defaultdict(int)) if task.from_local is wsc else task.from_local
+        assert read_jsonl(str(path), convert, task.text_fields, task.may_be_empty), path
 
 
 # ---- cases that depend on this machine or on the environment -------------------------------------

@@ -61,6 +61,19 @@ def test_malformed_rows_are_counted_not_misread(tmp_path, capsys):
     assert "skipped 1 malformed rows" in capsys.readouterr().err
 
 
+def test_qqp_keeps_its_official_rows_with_an_empty_question2(tmp_path):
+    """QQP's train.tsv has two rows without a question2 (huggingface/datasets#277): they load as
+    they are; an empty question1, which no official row has, is refused."""
+    folder = tmp_path / "glue" / "QQP"
+    folder.mkdir(parents=True)
+    header = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    (folder / "train.tsv").write_text(header + "1\t1\t2\tHow can I create an Android app?\t\t0\n")
+    assert TASKS.get("qqp").load("train", str(tmp_path)) == [{"texts": ["How can I create an Android app?", ""], "label": 0}]
+    (folder / "train.tsv").write_text(header + "1\t1\t2\t\tHow can I create an Android app?\t0\n")
+    with pytest.raises(UsageError, match=r"QQP/train.tsv, line 2: field 'question1' is empty, expected text"):
+        TASKS.get("qqp").load("train", str(tmp_path))
+
+
 def test_mnli_reports_matched_and_mismatched():
     mnli = TASKS.get("mnli")
     assert mnli.eval_splits == {"_m": "validation_matched", "_mm": "validation_mismatched"}

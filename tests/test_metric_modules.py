@@ -17,7 +17,7 @@ from moebench.errors import UsageError
 from moebench.metric import check_metric, compute, compute_direct, load, metric_tags, module_of, shipped
 from moebench.registry import TASKS
 from moebench.tasks.ner import LABELS
-from moebench.tasks.superglue import read_jsonl, record_local
+from moebench.tasks.superglue import RECORD, read_jsonl, record_local
 
 GLUE_LOCAL = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte", "wnli")
 SUPERGLUE_LOCAL = ("boolq", "cb", "copa", "multirc", "superglue_rte", "wic", "wsc")
@@ -196,7 +196,7 @@ def test_squad_v20_on_real_questions_matches_the_official_script(data_dir):
 
 
 def test_record_on_the_official_jsonl_matches_the_official_script(data_dir):
-    examples = read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local)
+    examples = read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local, RECORD.text_fields)
     golds = [e["answers"] for e in examples]
     rng = np.random.default_rng(4)
     predictions = [e["entities"][int(rng.integers(len(e["entities"])))] for e in examples]

@@ -13,7 +13,7 @@ from moebench.metric import compute_direct
 from moebench.registry import TASKS
 from moebench.tasks.metric_modules.label_metrics import binary_f1
 from moebench.tasks.ner import LABELS
-from moebench.tasks.superglue import read_jsonl, record_local
+from moebench.tasks.superglue import RECORD, read_jsonl, record_local
 
 SUBSET = 60  # examples per task: enough for every label, fast on two cores
 BUILT_IN = {"glue", "superglue", "qa", "ner"}
@@ -29,7 +29,7 @@ def plain(value) -> bool:
 def local_examples(name: str, data_dir: str) -> list[dict] | None:
     task = TASKS.get(name)
     if name == "record":  # only FewGLUE's 32-query copy of ReCoRD is in the shared data
-        return read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local)
+        return read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local, RECORD.text_fields)
     split = next(iter(task.eval_splits.values()))
     if not os.path.isfile(task.local_path(data_dir, split)):
         return None

@@ -9,7 +9,7 @@ from moebench.errors import UsageError
 from moebench.registry import TASKS
 from moebench.metric import compute
 from moebench.tasks.metric_modules.answer_strings import exact_match, normalize_answer, token_f1
-from moebench.tasks.superglue import read_jsonl, record_local
+from moebench.tasks.superglue import RECORD, read_jsonl, record_local
 from moebench.train import collate, family_score
 
 # Examples of the shared val.jsonl files (PROVENANCE.md); MultiRC's are its 953 questions.
@@ -142,7 +142,7 @@ def test_record_official_jsonl_reads_entities_and_answers(data_dir, tiny_model_d
     from moebench.moe.upcycle import load_tokenizer
 
     # ReCoRD's full splits are not in the shared data; FewGLUE's 32-example copy has the official format.
-    examples = read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local)
+    examples = read_jsonl(f"{data_dir}/superglue/ReCoRD/fewglue/dev32.jsonl", record_local, RECORD.text_fields)
     first = examples[0]
     assert first["answers"] == ["Benazir Bhutto", "Bhutto"] and "@placeholder" in first["query"]
     assert set(first["answers"]) <= set(first["entities"])
