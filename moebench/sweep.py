@@ -1,9 +1,11 @@
 """Methods x tasks x seeds as Ray Tune trials, on local Ray or an existing cluster (--address)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -156,8 +158,12 @@ class SweepSummary:
     interrupted: int | None = None  # the signal that stopped it, if one did
 
 
+# Ctrl-C, kill, and a closed terminal (SIGHUP to its process group)
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopSignals:
-    """SIGINT and SIGTERM stop a sweep as Ray Tune's Ctrl-C does (no new trial starts, the running
+    """SIGINT, SIGTERM and SIGHUP stop a sweep as Ray Tune's Ctrl-C does (no new trial starts, the running
     ones are stopped, fit() returns), and remember which signal it was.
 
     Tune's own SIGINT handler is turned off: fit() returns normally after it, so a stopped sweep
@@ -176,7 +182,7 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             self._tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-            self._previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
             self.install()
         return self
 
@@ -195,6 +201,8 @@ class StopSignals:
         self._previous = {}
 
     def handle(self, signum, frame):
+        if signum == signal.SIGHUP:  # the terminal closed: what is still printed must not fail on it
+            sys.stdout, sys.stderr = ForgivingStream(sys.stdout), ForgivingStream(sys.stderr)
         first = self.signum is None
         self.signum = self.signum or signum
         graceful = signal.getsignal(signal.SIGUSR1)  # Tune installs it when fit() starts
@@ -202,6 +210,44 @@ class StopSignals:
             graceful(signum, frame)
         else:
             raise KeyboardInterrupt
+
+
+class ForgivingStream:
+    """A terminal stream after its terminal closed: writes that fail are dropped, so closing the
+    sweep's runs and printing the resume advice (to a log, where stderr is one) still happen."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def hangup_ignored():
+    """SIGHUP ignored while child processes start: an ignored signal, unlike a handler, is
+    inherited, so when the terminal closes and its process group gets SIGHUP, local Ray (its GCS,
+    raylet and workers) stays up while the driver stops the sweep in order."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def trial_label(spec: TrialConfig) -> str:
@@ -243,10 +289,11 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     keyboard_interrupt = False
     try:
-        ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
-                 runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
-                                           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-                                           "TOKENIZERS_PARALLELISM": "false"}})
+        with hangup_ignored():  # Ray's processes start now and keep "ignore": a closed terminal stops the sweep, not them
+            ray.init(address=cfg.address, logging_level=logging.ERROR, include_dashboard=False,
+                     runtime_env={"env_vars": {"MOEBENCH_TRIAL_THREADS": os.environ["MOEBENCH_TRIAL_THREADS"],
+                                               "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                                               "TOKENIZERS_PARALLELISM": "false"}})
         stop.install()
         # The default follows the cluster's GPUs, not the driver's: a cluster's head often has none.
         gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)

@@ -1,5 +1,5 @@
 """Stopping and sharing sweeps through the real CLI: Ctrl-C (SIGINT to the process group, as a
-terminal sends it) and SIGTERM stop a sweep with a one-line message, a non-zero exit, no run
+terminal sends it), SIGTERM and a closed terminal (SIGHUP to the group) stop a sweep with a one-line message, a non-zero exit, no run
 left RUNNING and no board; a rerun resumes. Two sweeps of one experiment started together: one
 runs, the other is refused."""
 import json
@@ -75,12 +75,15 @@ class Sweep:
             self.process.wait()
 
 
-def test_sigint_and_sigterm_stop_a_sweep_and_the_rerun_resumes(tmp_path, data_dir, tiny_model_dir):
+def test_sigint_sigterm_and_sighup_stop_a_sweep_and_the_rerun_resumes(tmp_path, data_dir, tiny_model_dir):
+    """Ctrl-C (to the group), kill, and a closed terminal (SIGHUP to the group), in turn."""
     out = tmp_path / "out"
     db = out / "mlflow.db"
-    command = sweep_command(data_dir, tiny_model_dir, out)
+    total = 4
+    command = sweep_command(data_dir, tiny_model_dir, out, seeds="0-3")
     lease_file = lease_store(f"sqlite:///{db}", "stop").path
-    for attempt, (signum, deliver) in enumerate([(signal.SIGINT, os.killpg), (signal.SIGTERM, os.kill)]):
+    for attempt, (signum, deliver) in enumerate([(signal.SIGINT, os.killpg), (signal.SIGTERM, os.kill),
+                                                 (signal.SIGHUP, os.killpg)]):
         before = count(db, "FINISHED")
         sweep = Sweep(command, tmp_path / f"run{attempt}")
         try:
@@ -93,8 +96,8 @@ def test_sigint_and_sigterm_stop_a_sweep_and_the_rerun_resumes(tmp_path, data_di
         stderr = sweep.stderr()
         assert returncode == 128 + signum, stderr[-3000:]
         finished = count(db, "FINISHED")
-        assert 1 <= finished < 3
-        assert f"moebench: interrupted: {finished} of 3 trials finished; rerun the same command to resume\n" in stderr
+        assert attempt + 1 <= finished < total
+        assert f"moebench: interrupted: {finished} of {total} trials finished; rerun the same command to resume\n" in stderr
         assert "Traceback" not in stderr
         assert count(db, "RUNNING") == 0
         assert (("KILLED", signal.Signals(signum).name) in {(status, why) for status, _, why in runs(db)})
@@ -102,8 +105,8 @@ def test_sigint_and_sigterm_stop_a_sweep_and_the_rerun_resumes(tmp_path, data_di
         assert not os.path.exists(lease_file)  # the lease is let go
         fingerprints = [fingerprint for status, fingerprint, _ in runs(db) if status == "FINISHED"]
         assert len(set(fingerprints)) == len(fingerprints)  # the rerun ran only what had not FINISHED
-        if attempt == 1:  # the second sweep was a rerun: it resumed
-            assert f"moebench: resuming: {before} trials already FINISHED are kept, {3 - before} to run" in stderr
+        if attempt > 0:  # a rerun: it resumed
+            assert f"moebench: resuming: {before} trials already FINISHED are kept, {total - before} to run" in stderr
     # (a rerun that completes the sweep and writes its board: test_resume.py)
 
 
