@@ -342,6 +342,11 @@ def command_run(args: argparse.Namespace) -> int:
     if left:
         print(left, file=sys.stderr)
     # A board is written only for a complete sweep: a partial one could be read, and cited, as the result.
+    if summary and summary.store_error and not summary.interrupted:
+        done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
+        print(f"moebench: the sweep stopped, as {summary.store_error}; {done} of {len(trials)} trials finished. Make the "
+              "store writable and rerun the same command to resume (runs it could not close are closed then)", file=sys.stderr)
+        return 1
     if summary and summary.interrupted:
         done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
         print(f"moebench: interrupted: {done} of {len(trials)} trials finished; rerun the same command to resume", file=sys.stderr)

@@ -23,7 +23,7 @@ import types
 import uuid
 
 from moebench.errors import UsageError
-from moebench.store import client_and_experiment, file_name, is_server, server_answers, unreachable
+from moebench.store import StoreWriteError, client_and_experiment, file_name, is_server, server_answers, unreachable
 
 FORMAT = "moebench-mlflow-journal/1"
 PLACEHOLDER = "pending-"  # + the run's token: a run not created yet
@@ -116,7 +116,7 @@ class BufferedClient:
             return self._apply(entry)
         except Exception as error:
             if not unreachable(error):
-                raise
+                raise StoreWriteError(f"MLflow's {entry['call']} failed on {self.tracking_uri} ({reason(error)})") from error
             self._enqueue(entry)
             self._next_try = time.monotonic() + RETRY_S
             self.say(f"moebench: the tracking server {self.tracking_uri} does not answer ({reason(error)}); MLflow calls "

@@ -18,6 +18,11 @@ from pathlib import Path
 from moebench.errors import UsageError
 
 PROBE_TIMEOUT_S = 2.0
+
+
+class StoreWriteError(RuntimeError):
+    """A write the tracking store refused, for a reason other than being away (a read-only
+    database or artifact folder, a full disk): the sweep stops in order instead of crashing."""
 # MLflow retries a request 7 times with backoff factor 2 and 120 s timeouts: minutes per call.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}

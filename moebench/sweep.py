@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+from ray import tune
 
 from moebench.config import RunConfig, TrialConfig
 from moebench.live import LiveView, distinct_labels, mark_sweep
@@ -156,6 +157,7 @@ class SweepSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (trial, reason)
     aborted: str | None = None  # why the whole sweep stopped early, if it did
     interrupted: int | None = None  # the signal that stopped it, if one did
+    store_error: str | None = None  # the write the tracking store refused, which stopped it
 
 
 # Ctrl-C, kill, and a closed terminal (SIGHUP to its process group)
@@ -235,6 +237,19 @@ class ForgivingStream:
         return getattr(self._stream, name)
 
 
+class StopWhenStoreFails(tune.Stopper):
+    """Stops every trial once the tracking store refused a write: what they would log is lost."""
+
+    def __init__(self, callback: MLflowCallback):
+        self.callback = callback
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.callback.write_error is not None
+
+
 @contextlib.contextmanager
 def hangup_ignored():
     """SIGHUP ignored while child processes start: an ignored signal, unlike a handler, is
@@ -308,6 +323,7 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
                 name=cfg.experiment,
                 storage_path=os.path.join(output_dir, "ray"),
                 callbacks=[callback, Tick()],
+                stop=StopWhenStoreFails(callback),
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
@@ -323,13 +339,15 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
     finally:
         stop.in_fit = False
         # Tune stops the trials still running without a callback: their runs would stay RUNNING.
-        why = signal.Signals(stop.signum).name if stop.signum else "the sweep stopped"
+        why = (signal.Signals(stop.signum).name if stop.signum else
+               "a write to the tracking store failed" if callback.write_error else "the sweep stopped")
         callback.close_open_runs(why)
         view.close(f"interrupted: {why} before the trial ended")
         ray.shutdown()
+    summary.store_error = callback.write_error
     ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
     if keyboard_interrupt or (stop.signum and ended < len(trials)):
         summary.interrupted = stop.signum or signal.SIGINT
-    elif ended < len(trials) and not summary.aborted:
+    elif ended < len(trials) and not summary.aborted and not summary.store_error:
         summary.aborted = f"Ray Tune returned with {len(trials) - ended} of {len(trials)} trials not ended"
     return summary

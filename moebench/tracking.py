@@ -6,6 +6,8 @@ remote Ray cluster need no access to the tracking store at all.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from moebench.schema import (EPOCH_PREFIXES, HISTORY, REPORT_OUTCOMES, TAG_COMMA
                              TAG_FINGERPRINT, TAG_GROUP, TAG_HIGHER_IS_BETTER, TAG_INTERRUPTED, TAG_MAIN_METRIC, TAG_SPLITS,
                              TAG_STOPPED_EARLY)
 from moebench.splits import describe_roles
-from moebench.store import client_and_experiment, existing_experiment, sqlite_setup_lock
+from moebench.store import StoreWriteError, client_and_experiment, existing_experiment, sqlite_setup_lock
 
 def previous_runs(tracking_uri: str, experiment: str, fingerprints: set[str]) -> tuple[set[str], int]:
     """For a rerun: fingerprints already FINISHED, and how many runs a killed sweep left RUNNING.
@@ -66,6 +68,22 @@ def error_reason(traceback_text: str | None) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
+def writes(hook):
+    """A callback hook that writes to the store. The first write the store refuses
+    (StoreWriteError) is kept as `write_error`, which stops the sweep (sweep.StopWhenStoreFails);
+    hooks after it write nothing, and close_open_runs tries to close what is open."""
+    @functools.wraps(hook)
+    def guarded(self, *args, **kwargs):
+        if self.write_error is not None:
+            return None
+        try:
+            return hook(self, *args, **kwargs)
+        except StoreWriteError as error:
+            self.write_error = str(error)
+            return None
+    return guarded
+
+
 class MLflowCallback(tune.Callback):
     """Each trial's MLflow run. Its client is a moebench.journal.BufferedClient: while a tracking
     server is away, calls are queued in order (and in `journal`, by default beside the artifact
@@ -86,6 +104,7 @@ class MLflowCallback(tune.Callback):
         self._last_epoch: dict[str, int] = {}
         self._final_logged: set[str] = set()
         self._history: dict[str, list[dict]] = {}  # per-epoch results, saved with the run when it ends
+        self.write_error: str | None = None  # the first write the store refused: the sweep stops
 
     def setup(self, **info):
         from moebench.journal import BufferedClient
@@ -93,10 +112,12 @@ class MLflowCallback(tune.Callback):
         client, self._experiment_id = client_and_experiment(self.tracking_uri, self.experiment, self.artifact_dir)
         self._client = BufferedClient(client, self.tracking_uri, self.experiment, self.journal)
 
+    @writes
     def on_step_end(self, iteration, trials, **info):
         if self._client is not None:
             self._client.retry()  # calls queued while the server was away: logged once it answers (a look every few s)
 
+    @writes
     def on_trial_start(self, iteration, trials, trial, **info):
         from moebench.metric import metric_tags
         from moebench.registry import TASKS
@@ -127,6 +148,7 @@ class MLflowCallback(tune.Callback):
         self._client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in spec.flat_params().items()])
         self.on_event("start", spec, None)
 
+    @writes
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
@@ -159,6 +181,7 @@ class MLflowCallback(tune.Callback):
         if trial.trial_id in self._run_ids:
             self._client.log_text(self._run_ids[trial.trial_id], json.dumps(history, separators=(",", ":")), HISTORY)
 
+    @writes
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_ids[trial.trial_id]
         spec = TrialConfig.from_dict(trial.config["trial"])
@@ -177,6 +200,7 @@ class MLflowCallback(tune.Callback):
         self._client.set_terminated(run_id, "KILLED")
         self.on_event("stopped", spec, epoch)
 
+    @writes
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_ids.get(trial.trial_id)
         self._open.pop(trial.trial_id, None)
@@ -195,15 +219,19 @@ class MLflowCallback(tune.Callback):
         failing). A trial that had reported its final metrics is complete; the others are KILLED,
         tagged as interrupted, and rerun on resume."""
         for trial_id, trial in list(self._open.items()):
-            if trial_id in self._final_logged:
-                self.on_trial_complete(0, [], trial)
+            try:
+                if trial_id in self._final_logged and self.write_error is None:
+                    self.on_trial_complete(0, [], trial)
+                    continue
+                self._open.pop(trial_id)
+                run_id = self._run_ids[trial_id]
+                with contextlib.suppress(StoreWriteError):  # an artifact folder that refuses: the run is closed still
+                    self.save_history(trial)
+                self._client.set_tag(run_id, TAG_ERROR, f"interrupted: {why} before the trial ended")
+                self._client.set_tag(run_id, TAG_INTERRUPTED, why)
+                self._client.set_terminated(run_id, "KILLED")
+            except StoreWriteError:  # the store refuses writes: the run stays RUNNING until a rerun closes it
                 continue
-            self._open.pop(trial_id)
-            run_id = self._run_ids[trial_id]
-            self.save_history(trial)
-            self._client.set_tag(run_id, TAG_ERROR, f"interrupted: {why} before the trial ended")
-            self._client.set_tag(run_id, TAG_INTERRUPTED, why)
-            self._client.set_terminated(run_id, "KILLED")
         if self._client is not None:  # calls still queued for a server that went away: wait for it (not after a signal)
             from moebench.journal import wait_s
 

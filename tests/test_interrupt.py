@@ -152,3 +152,28 @@ def test_two_sweeps_of_one_experiment_started_together_run_it_once(tmp_path, dat
                               f"on host {host()}, since "), message
     assert "wait for it to end or stop it, or use another --experiment" in message
     assert [status for status, _, _ in runs(db)] == ["FINISHED"]  # run once, nothing KILLED
+
+
+def test_a_store_that_refuses_writes_mid_sweep_stops_it_in_order(tmp_path, data_dir, tiny_model_dir):
+    """The artifact folder becomes a file while the second trial runs (a disk gone, a mount
+    remounted): the sweep stops with one line naming the write and the store, exit 1, the
+    in-flight run closed as KILLED with the reason, and resume advice; no traceback."""
+    out = tmp_path / "out"
+    db = out / "mlflow.db"
+    sweep = Sweep(sweep_command(data_dir, tiny_model_dir, out, experiment="refused"), tmp_path / "run")
+    try:
+        sweep.wait_until(lambda: count(db, "FINISHED") == 1 and count(db, "RUNNING") == 1)
+        (out / "artifacts").rename(out / "artifacts-moved")
+        (out / "artifacts").write_text("no longer a folder\n")
+        returncode = sweep.wait(timeout=180)
+    finally:
+        sweep.kill()
+    stderr = sweep.stderr()
+    assert returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    line = next(line for line in stderr.splitlines() if line.startswith("moebench: the sweep stopped, as "))
+    assert f"MLflow's log_text failed on sqlite:///{db}" in line and "1 of 3 trials finished" in line
+    assert "rerun the same command to resume" in line
+    assert count(db, "RUNNING") == 0 and count(db, "FINISHED") == 1
+    assert ("KILLED", "a write to the tracking store failed") in {(status, why) for status, _, why in runs(db)}
+    assert not (out / "leaderboard").exists()
