@@ -185,8 +185,18 @@ CASES = [
     ("max-seq-length-zero", ["--max-seq-length", "0"], "--max-seq-length must be a positive integer"),
     ("max-seq-length-100000", ["--max-seq-length", "100000"], "--max-seq-length 100000 is longer than the model can encode"),
     ("max-seq-length-513", ["--max-seq-length", "513"], "512 position embeddings (at most 512 tokens)"),
+    # negative numbers in any form are values, refused by the value's own check (argparse alone took
+    # -1e-4 or -inf for an unknown option and said "expected one argument")
+    ("lr-negative-exponent", ["--lr", "-1e-4"], "--lr must be > 0, got -0.0001"),
+    ("weight-decay-negative-exponent", ["--weight-decay", "-1E-3"], "--weight-decay must be >= 0, got -0.001"),
+    ("router-jitter-minus-inf", ["--router-jitter", "-inf"], "--router-jitter must be in [0, 1), got -inf"),
+    ("upcycle-noise-negative-exponent", ["--upcycle", "noise", "--upcycle-noise", "-1e-2"], "--upcycle-noise must be a finite number >= 0, got -0.01"),
+    ("cpus-negative-exponent", ["--cpus-per-trial", "-1e-1"], "--cpus-per-trial must be a finite number > 0, got -0.1"),
+    ("max-train-samples-negative-exponent", ["--max-train-samples", "-1e3"], "argument --max-train-samples: invalid int value: '-1e3'"),
+    ("unknown-short-option-after-a-number", ["--lr", "1e-4", "-x"], "unrecognized arguments: -x"),
     # seeds
     ("seed-negative", ["--seeds", "-1"], "--seeds must be integers from 0 to 2**32 - 1"),
+    ("seeds-negative-in-a-list", ["--seeds", "-1,2"], "--seeds must be integers from 0 to 2**32 - 1 (numpy's seed range), got -1"),
     ("seed-2-32", ["--seeds", "0,4294967296"], "got 4294967296"),
     ("seeds-empty", ["--seeds", ","], "--seeds needs at least one seed"),
     ("seeds-not-integers", ["--seeds", "0,x"], "seeds must be comma-separated integers"),
