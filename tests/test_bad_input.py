@@ -228,6 +228,14 @@ CASES = [
     ("config-seed-negative", experiment("\nseeds: [0, -3]\n"), "exp.yaml, line 2: --seeds must be integers"),
     ("config-max-seq-length", experiment("max_seq_length: 100000\n"), "exp.yaml, line 1: --max-seq-length 100000"),
     ("config-key-typo", experiment("epoch: 2\n"), "exp.yaml, line 1: unknown key 'epoch'"),
+    # a repeated key: YAML would silently keep the last value
+    ("config-duplicate-key", experiment("tasks: rte\nepochs: 2\nepochs: 1\n"), "exp.yaml, line 3: duplicate key 'epochs'"),
+    ("config-duplicate-nested-key", experiment("methods: [load_balancing]\nset:\n  load_balancing:\n    aux_coef: 0.1\n"
+                                               "    aux_coef: 0.2\n"), "exp.yaml, line 5: duplicate key 'aux_coef'"),
+    ("config-duplicate-key-in-a-flow-mapping", experiment("search: grid\nsearch_space: {train: {lr: [1e-4]}, train: {lr: [2e-4]}}\n"),
+     "exp.yaml, line 2: duplicate key 'train'"),
+    ("config-option-spelled-twice", experiment("max_seq_length: 64\nmax-seq-length: 32\n"),
+     "exp.yaml, line 2: duplicate key 'max-seq-length' (the same option as 'max_seq_length')"),
     ("config-key-not-a-name", experiment("1: 2\n"), "key 1 is not an option name"),
     ("config-set-nan", experiment("methods: [load_balancing]\nset: {load_balancing: {aux_coef: .nan}}\n"), "load_balancing.aux_coef expects a finite float"),
     ("config-search-lr-nan", experiment("search: grid\nsearch_space: {train: {lr: [.nan]}}\n"), "--lr must be a finite number, got nan"),
