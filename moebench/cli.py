@@ -33,8 +33,19 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+# argparse takes only `-1` and `-.5` for negative values: `-1e-4` or `-inf` it reads as an unknown option,
+# so `--lr -1e-4` ended in "expected one argument" instead of the check that names the value. Here a dash
+# before a digit (or inf, nan) is always a value: no option of moebench starts so.
+NEGATIVE_NUMBER = re.compile(r"-\.?\d|-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Argument errors as every other bad input: one line on stderr, exit code 2 (no usage block)."""
+    """Argument errors as every other bad input: one line on stderr, exit code 2 (no usage block);
+    negative numbers are values, checked like any other."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # read by argparse when it sorts options from values
 
     def error(self, message: str):
         self.exit(2, f"moebench: error: {message} (see `{self.prog} --help`)\n")

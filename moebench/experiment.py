@@ -73,16 +73,21 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
         raise UsageError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if data is None:
         return {}
+    check_unique_keys(root, path)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of option: value at the top level")
     lines = {key.value: key.start_mark.line + 1 for key, _ in root.value if isinstance(key.value, str)}
 
     options: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # option -> the key that gave it
     for key, value in data.items():
         where = f"{path}, line {lines.get(key, '?')}"
         if not isinstance(key, str):
             raise UsageError(f"{where}: key {key!r} is not an option name")
         dest = str(key).replace("-", "_")
+        if dest in spelled:  # max_seq_length, then max-seq-length
+            raise UsageError(f"{where}: duplicate key {key!r} (the same option as {spelled[dest]!r})")
+        spelled[dest] = key
         if dest == "set":
             options["overrides"] = method_overrides(value, where)
             continue
@@ -98,6 +103,29 @@ def load_experiment(path: str, actions: dict[str, argparse.Action]) -> dict[str,
             raise UsageError(f"{where}: {key!r} has no value; give one, or leave the key out for the default")
         options[dest] = convert(actions[dest], value, where, key)
     return options
+
+
+def check_unique_keys(node, path: str, seen: set[int] | None = None) -> None:
+    """YAML lets a repeated key replace the earlier one (`epochs: 2`, then `epochs: 1`): refuse it
+    at any depth, naming the second one's line."""
+    import yaml
+
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias (*name) repeats a node, and may even contain itself
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if (key.tag, key.value) in keys:
+                    raise UsageError(f"{path}, line {key.start_mark.line + 1}: duplicate key {key.value!r} (YAML would "
+                                     "keep only the last value)")
+                keys.add((key.tag, key.value))
+            check_unique_keys(value, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_unique_keys(item, path, seen)
 
 
 def may_be_null(dest: str) -> bool:

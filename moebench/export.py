@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 
 FORMAT = "moebench-runs/1"
 
@@ -69,15 +70,61 @@ def write_export(records: list[dict], path: str) -> None:
         f.write(buffer.getvalue())
 
 
+# What a board reads of each run (`leaderboard.frame`): key -> (Python types, the JSON kind named in errors)
+RECORD_KEYS = {"run_id": (str, "a string"), "status": (str, "a string"), "start_time": ((int, float), "a number"),
+               "params": (dict, "an object"), "tags": (dict, "an object"), "metrics": (dict, "an object")}
+JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+              type(None): "null"}
+
+
 def read_export(path: str) -> list[dict]:
+    """The runs of an export, every one checked for what a board reads of it, so that a damaged or
+    hand-edited file is refused by name (file, run, key) before anything is built."""
     from moebench.errors import UsageError
 
+    where = f"--from-export {path}"
     try:
-        with gzip.open(path, "rt") as f:
-            data = json.load(f)
-    except (OSError, EOFError, json.JSONDecodeError) as error:
-        raise UsageError(f"--from-export {path}: not a moebench export ({error})") from None
+        with gzip.open(path) as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{where}: not a moebench export (its JSON is not UTF-8 text: byte 0x{error.object[error.start]:02x} "
+                         f"at offset {error.start})") from None
+    except (OSError, EOFError, zlib.error, json.JSONDecodeError) as error:  # not gzip, truncated, damaged, not JSON
+        raise UsageError(f"{where}: not a moebench export ({error})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UsageError(f"--from-export {path}: not a moebench export (format {data.get('format') if isinstance(data, dict) else '?'!r}, "
+        raise UsageError(f"{where}: not a moebench export (format {data.get('format') if isinstance(data, dict) else '?'!r}, "
                          f"expected {FORMAT!r})")
-    return data["runs"]
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        got = "missing" if "runs" not in data else "empty" if runs == [] else kind(runs)
+        raise UsageError(f"{where}: 'runs' is {got}, expected a list of runs")
+    for index, record in enumerate(runs):
+        problem = record_problem(record)
+        if problem:
+            raise UsageError(f"{where}, run {index}: {problem}")
+    return runs
+
+
+def record_problem(record) -> str | None:
+    """What keeps a board from reading one run of an export, or None."""
+    if not isinstance(record, dict):
+        return f"the run is {kind(record)}, expected an object"
+    for key, (types, expected) in RECORD_KEYS.items():
+        if key not in record:
+            return f"no {key!r} key"
+        if not isinstance(record[key], types) or isinstance(record[key], bool):
+            return f"{key!r} is {kind(record[key])}, expected {expected}"
+    for section in ("params", "tags"):  # MLflow's params and tags are text; the board splits and groups them
+        for name, value in record[section].items():
+            if not isinstance(value, str):
+                return f"{section} {name!r} is {kind(value)}, expected a string"
+    for name, value in record["metrics"].items():  # null, NaN and inf the board handles (a non-finite score: left out, named)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"metric {name!r} is {kind(value)}, expected a number or null"
+    if not isinstance(record.get("report_outcomes"), (dict, type(None))):
+        return f"'report_outcomes' is {kind(record['report_outcomes'])}, expected an object or null"
+    return None
+
+
+def kind(value) -> str:
+    return JSON_KINDS.get(type(value), type(value).__name__)

@@ -278,8 +278,18 @@ CASES = [
     ("max-seq-length-zero", ["--max-seq-length", "0"], "--max-seq-length must be a positive integer"),
     ("max-seq-length-100000", ["--max-seq-length", "100000"], "--max-seq-length 100000 is longer than the model can encode"),
     ("max-seq-length-513", ["--max-seq-length", "513"], "512 position embeddings (at most 512 tokens)"),
+    # negative numbers in any form are values, refused by the value's own check (argparse alone took
+    # -1e-4 or -inf for an unknown option and said "expected one argument")
+    ("lr-negative-exponent", ["--lr", "-1e-4"], "--lr must be > 0, got -0.0001"),
+    ("weight-decay-negative-exponent", ["--weight-decay", "-1E-3"], "--weight-decay must be >= 0, got -0.001"),
+    ("router-jitter-minus-inf", ["--router-jitter", "-inf"], "--router-jitter must be in [0, 1), got -inf"),
+    ("upcycle-noise-negative-exponent", ["--upcycle", "noise", "--upcycle-noise", "-1e-2"], "--upcycle-noise must be a finite number >= 0, got -0.01"),
+    ("cpus-negative-exponent", ["--cpus-per-trial", "-1e-1"], "--cpus-per-trial must be a finite number > 0, got -0.1"),
+    ("max-train-samples-negative-exponent", ["--max-train-samples", "-1e3"], "argument --max-train-samples: invalid int value: '-1e3'"),
+    ("unknown-short-option-after-a-number", ["--lr", "1e-4", "-x"], "unrecognized arguments: -x"),
     # seeds
     ("seed-negative", ["--seeds", "-1"], "--seeds must be integers from 0 to 2**32 - 1"),
+    ("seeds-negative-in-a-list", ["--seeds", "-1,2"], "--seeds must be integers from 0 to 2**32 - 1 (numpy's seed range), got -1"),
     ("seed-2-32", ["--seeds", "0,4294967296"], "got 4294967296"),
     ("seeds-empty", ["--seeds", ","], "--seeds needs at least one seed"),
     ("seeds-not-integers", ["--seeds", "0,x"], "seeds must be comma-separated integers"),
@@ -311,6 +321,14 @@ CASES = [
     ("config-seed-negative", experiment("\nseeds: [0, -3]\n"), "exp.yaml, line 2: --seeds must be integers"),
     ("config-max-seq-length", experiment("max_seq_length: 100000\n"), "exp.yaml, line 1: --max-seq-length 100000"),
     ("config-key-typo", experiment("epoch: 2\n"), "exp.yaml, line 1: unknown key 'epoch'"),
+    # a repeated key: YAML would silently keep the last value
+    ("config-duplicate-key", experiment("tasks: rte\nepochs: 2\nepochs: 1\n"), "exp.yaml, line 3: duplicate key 'epochs'"),
+    ("config-duplicate-nested-key", experiment("methods: [load_balancing]\nset:\n  load_balancing:\n    aux_coef: 0.1\n"
+                                               "    aux_coef: 0.2\n"), "exp.yaml, line 5: duplicate key 'aux_coef'"),
+    ("config-duplicate-key-in-a-flow-mapping", experiment("search: grid\nsearch_space: {train: {lr: [1e-4]}, train: {lr: [2e-4]}}\n"),
+     "exp.yaml, line 2: duplicate key 'train'"),
+    ("config-option-spelled-twice", experiment("max_seq_length: 64\nmax-seq-length: 32\n"),
+     "exp.yaml, line 2: duplicate key 'max-seq-length' (the same option as 'max_seq_length')"),
     ("config-key-not-a-name", experiment("1: 2\n"), "key 1 is not an option name"),
     ("config-set-nan", experiment("methods: [load_balancing]\nset: {load_balancing: {aux_coef: .nan}}\n"), "load_balancing.aux_coef expects a finite float"),
     ("config-search-lr-nan", experiment("search: grid\nsearch_space: {train: {lr: [.nan]}}\n"), "--lr must be a finite number, got nan"),

@@ -45,6 +45,8 @@ def test_power_refuses_bad_input_by_name(capsys):
     assert main(["power", "--from-export", str(EXPORT), "--task", "nope"]) == 2
     assert "valid: sst2, glue_avg" in capsys.readouterr().err
     assert main(["power", "--from-export", str(EXPORT), "--difference", "-1"]) == 2
+    assert main(["power", "--from-export", str(EXPORT), "--difference", "-1e-3"]) == 2  # a value, not an unknown option
+    assert "--difference must be a positive number of points, got -0.001" in capsys.readouterr().err
     assert main(["power", "--from-export", "/no/such.json.gz"]) == 2
 
 
