@@ -19,7 +19,7 @@ from moebench.errors import UsageError
 from moebench.method import parse_params, params_as_dict
 from moebench.moe.upcycle import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
-from moebench.splits import VALIDATION_HALVES, Split
+from moebench.splits import VALIDATION_HALVES, Split, split_roles
 from moebench.task import has_local_split, resolve_data_dir, task_groups
 
 
@@ -279,11 +279,12 @@ class RunConfig:
         data_identity = {t: data_id(TASKS.get(t), data_dir, self.split_names(t)) for t in self.tasks}
         trials = {}  # fingerprint -> trial: a dense trial is one trial whatever the upcycling modes
         for t in self.tasks:
+            task_train = self.task_train(t)  # looks for the task's training split on disk: once per task
             for m in self.methods:
                 moes = [dataclasses.replace(self.moe, upcycle=mode) for mode in self.upcycle] if METHODS.get(m).uses_moe else [None]
                 for moe in moes:
                     for params, searched_train in configurations[m]:
-                        train = train_options(self.task_train(t), searched_train)
+                        train = train_options(task_train, searched_train)
                         for s in self.seeds:
                             trial = TrialConfig(m, t, s, model, data_dir, train, moe, params, model_identity, data_identity[t],
                                                 search, searched, self.deterministic, feature_cache=self.feature_cache_dir())
@@ -296,13 +297,7 @@ class RunConfig:
 
     def split_names(self, task: str) -> list[str]:
         """The named splits a task's trials read (for the data's identity)."""
-        from moebench.task import report_splits
-
-        train = self.task_train(task)
-        expressions = [train.train_split, *report_splits(TASKS.get(task), train.report_split).values()]
-        if train.select_split:
-            expressions.append(train.select_split)
-        return list(dict.fromkeys(Split.parse(e).name for e in expressions))
+        return list(dict.fromkeys(split.name for split in split_roles(TASKS.get(task), self.task_train(task)).values()))
 
     def task_train(self, task: str) -> TrainConfig:
         """The training options of one task's trials: the run's, except that a task whose data dir

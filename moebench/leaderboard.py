@@ -827,10 +827,15 @@ def budget_values(runs: pd.DataFrame, column: str) -> str:
     per_task = values.groupby("params.task")[column].nunique()
     if len(set(values[column])) <= 1 or (per_task > 1).any():
         return "/".join(distinct(runs, column))
-    tasks_of: dict[str, list[str]] = {}
-    for task, value in values.drop_duplicates().itertuples(index=False):
-        tasks_of.setdefault(str(value), []).append(str(task))
-    return " / ".join(f"{value} ({', '.join(sorted(tasks))})" for value, tasks in sorted(tasks_of.items()))
+    return " / ".join(f"{value} ({', '.join(sorted(tasks))})" for value, tasks in sorted(tasks_by_value(runs, column).items()))
+
+
+def tasks_by_value(runs: pd.DataFrame, column: str) -> dict[str, set[str]]:
+    """Each value of `column` among the runs, with the tasks of the runs that have it."""
+    tasks_of: dict[str, set[str]] = {}
+    for task, value in runs[["params.task", column]].dropna().itertuples(index=False):
+        tasks_of.setdefault(str(value), set()).add(str(task))
+    return tasks_of
 
 
 def splits_by_task(runs: pd.DataFrame) -> list[str]:
@@ -839,9 +844,7 @@ def splits_by_task(runs: pd.DataFrame) -> list[str]:
     column = f"tags.{TAG_SPLITS}"
     if column not in runs:
         return []
-    tasks_of: dict[str, set[str]] = {}
-    for task, splits in runs[["params.task", column]].dropna().itertuples(index=False):
-        tasks_of.setdefault(str(splits), set()).add(str(task))
+    tasks_of = tasks_by_value(runs, column)
     if len(tasks_of) <= 1:
         return list(tasks_of)
     return [f"{', '.join(sorted(tasks))}: {splits}" for splits, tasks in sorted(tasks_of.items(), key=lambda item: sorted(item[1]))]

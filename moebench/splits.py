@@ -139,15 +139,22 @@ def describe_roles(train, task) -> str:
     return f"train: {train.train_split}; select ({train.select} epoch): {select}; report: {report}"
 
 
+def split_roles(task, train) -> dict[str, Split]:
+    """The splits a trial with these training options reads, by the option that names each
+    (a task with several report splits, MNLI: "report split 2" for the second)."""
+    named = {"--train-split": Split.parse(train.train_split, "--train-split")}
+    if train.select_split:
+        named["--select-split"] = Split.parse(train.select_split, "--select-split")
+    for i, expression in enumerate(report_splits(task, train.report_split).values()):
+        named["--report-split" if i == 0 else f"report split {i + 1}"] = Split.parse(expression, "--report-split")
+    return named
+
+
 def check_roles(task, train, data_dir: str | None) -> None:
     """The splits a trial with these training options will read exist, and its train, select and
     report rows are disjoint. Run by the driver before any trial."""
     name = task.name
-    roles = {"--train-split": Split.parse(train.train_split, "--train-split")}
-    if train.select_split:
-        roles["--select-split"] = Split.parse(train.select_split, "--select-split")
-    for i, expression in enumerate(report_splits(task, train.report_split).values()):
-        roles["--report-split" if i == 0 else f"report split {i + 1}"] = Split.parse(expression, "--report-split")
+    roles = split_roles(task, train)
     task.check_data(data_dir, list(dict.fromkeys(split.name for split in roles.values())))
     sizes = load_task_splits(task, roles, data_dir, held_out=not train.select_split)
     items = list(roles.items())
