@@ -5,7 +5,7 @@ import contextlib
 import logging
 import os
 import signal
-import sys
+import stat
 import threading
 from dataclasses import dataclass, field
 
@@ -204,7 +204,7 @@ class StopSignals:
 
     def handle(self, signum, frame):
         if signum == signal.SIGHUP:  # the terminal closed: what is still printed must not fail on it
-            sys.stdout, sys.stderr = ForgivingStream(sys.stdout), ForgivingStream(sys.stderr)
+            quiet_closed_terminal()
         first = self.signum is None
         self.signum = self.signum or signum
         graceful = signal.getsignal(signal.SIGUSR1)  # Tune installs it when fit() starts
@@ -214,40 +214,36 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
-class ForgivingStream:
-    """A terminal stream after its terminal closed: writes that fail are dropped, so closing the
-    sweep's runs and printing the resume advice (to a log, where stderr is one) still happen."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError):
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+def quiet_closed_terminal() -> None:
+    """Point stdout and stderr, where they are a terminal (a character device), at /dev/null: a
+    write to a terminal that hung up fails, and would end the orderly stop in a traceback. Done
+    on the file descriptors, so every Python object keeps its stream; a log file is kept."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(devnull)
 
 
 class StopWhenStoreFails(tune.Stopper):
     """Stops every trial once the tracking store refused a write: what they would log is lost."""
 
-    def __init__(self, callback: MLflowCallback):
+    def __init__(self, callback: MLflowCallback | None):
         self.callback = callback
+
+    def __reduce__(self):  # Tune saves its stopper with the experiment state: a live store client is no state
+        return (StopWhenStoreFails, (None,))
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.callback.write_error is not None
+        return self.callback is not None and self.callback.write_error is not None
 
 
 @contextlib.contextmanager
