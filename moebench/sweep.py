@@ -186,6 +186,9 @@ class StopSignals:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             self._previous = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
             self.install()
+            # A signal that lands while SQLAlchemy hands an MLflow connection back to its pool is
+            # logged by the pool as a traceback, though the stop is handled; that log is noise.
+            logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
         return self
 
     def install(self) -> None:
