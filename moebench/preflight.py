@@ -182,8 +182,7 @@ def tensor_shapes(model: str, path: str) -> dict[str, tuple]:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return {key: tuple(value.shape) for key, value in state.items() if hasattr(value, "shape")}
     except Exception as error:  # safetensors, pickle and zip errors alike mean "these are not weights"
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UsageError(f"--model {model!r}: cannot read the weights {path} ({reason}); a damaged or partial download?") from None
+        raise UsageError(f"--model {model!r}: cannot read the weights {path} ({first_line(error)}); a damaged or partial download?") from None
 
 
 def check_shapes(model: str, folder: str, shapes: dict[str, tuple]) -> None:
@@ -216,6 +215,12 @@ def check_shapes(model: str, folder: str, shapes: dict[str, tuple]) -> None:
                              f"weights, {list(expected[key])} by config.json")
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message, short: its first line, or its type where it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def check_tokenizer(model: str, folder: str) -> None:
     """The tokenizer loads and reads a plain English sentence back (not as unknown tokens)."""
     from transformers import AutoTokenizer
@@ -224,8 +229,7 @@ def check_tokenizer(model: str, folder: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         ids = tokenizer(ROUND_TRIP)["input_ids"]
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UsageError(f"--model {model!r}: its tokenizer does not load from {folder} ({reason})") from None
+        raise UsageError(f"--model {model!r}: its tokenizer does not load from {folder} ({first_line(error)})") from None
     words = [i for i in ids if i not in set(tokenizer.all_special_ids)]
     back = tokenizer.decode(words)
     if not words or "".join(back.lower().split()) != "".join(ROUND_TRIP.lower().split()):
