@@ -170,7 +170,9 @@ def test_a_store_that_refuses_writes_mid_sweep_stops_it_in_order(tmp_path, data_
         sweep.kill()
     stderr = sweep.stderr()
     assert returncode == 1, stderr[-3000:]
-    assert "Traceback" not in stderr
+    # The driver prints no traceback; a trial's worker that Tune terminates mid-step may have Ray
+    # forward its own teardown noise ("(tune_trial pid=N) Exception ignored ... SystemExit").
+    assert "Traceback" not in "\n".join(line for line in stderr.splitlines() if "(tune_trial pid=" not in line)
     line = next(line for line in stderr.splitlines() if line.startswith("moebench: the sweep stopped, as "))
     assert f"MLflow's log_text failed on sqlite:///{db}" in line and "1 of 3 trials finished" in line
     assert "rerun the same command to resume" in line
