@@ -35,11 +35,13 @@ BUILD_CACHE = r"""
 import json, sys, time
 start = time.perf_counter()
 from moebench.config import RunConfig, TrainConfig
-from moebench.features import cache_features
+from moebench.trial_data import prepare_sweep
 spec = json.loads(sys.argv[1])
 cfg = RunConfig(methods=tuple(spec["methods"]), tasks=tuple(spec["tasks"]), seeds=tuple(spec["seeds"]), data_dir=spec["data_dir"],
                 output_dir=spec["output_dir"], train=TrainConfig(max_train_samples=128, epochs=1))
-print(json.dumps({"seconds": time.perf_counter() - start, "built": cache_features(cfg.trials())[0]}))
+data = prepare_sweep(cfg.trials())
+built = sum(2 + len(d.report) - d.cached for d in data.values())
+print(json.dumps({"seconds": time.perf_counter() - start, "built": built}))
 """
 
 # Runs one trial and prints its JSON result. With a worktree, its moebench replaces the

@@ -4,8 +4,8 @@ invocation, and reports its peak RSS (ru_maxrss, which is per process):
 
   lists   task.encode of each role: one dict per window, Python ints and offset tuples (before)
   table   encode_table: columns built chunk by chunk, in memory (a trial without a cache)
-  build   the driver filling the cache (moebench.features.cache_features does this)
-  cached  feature_table reading those entries, memory-mapped (a trial of a sweep)
+  build   the driver filling the cache (moebench.trial_data.prepare_sweep does this)
+  cached  role_features reading those entries, memory-mapped (what the driver hands a sweep's trials)
 
 A variant loads the three roles, gets their features, collates every training batch (one epoch)
 and every evaluation batch, and scores the select and report splits from random logits: one
@@ -56,10 +56,10 @@ def child(args) -> dict:
     import numpy as np
     import torch
 
-    from moebench.features import feature_table
     from moebench.moe.upcycle import default_model_path, load_tokenizer
     from moebench.registry import TASKS
     from moebench.train import batches, longest_first, training_order
+    from moebench.trial_data import role_features
 
     task, tokenizer = TASKS.get("squad"), load_tokenizer(default_model_path())
     base = peak_mb()
@@ -69,7 +69,7 @@ def child(args) -> dict:
         encode = lambda examples: task.encode(examples, tokenizer, args.max_seq_length)
     else:
         cache = None if args.variant == "table" else args.cache_dir
-        encode = lambda examples: feature_table(task, examples, tokenizer, args.max_seq_length, cache)
+        encode = lambda examples: role_features(task, examples, tokenizer, args.max_seq_length, "training", cache)[0]
     features = [encode(examples) for examples in (train, select, report)]
     counts = [len(f) for f in features]
     if args.variant == "build":  # the driver only writes the entries

@@ -216,205 +216,54 @@ def run_config_from_args(args: argparse.Namespace):
     )
 
 
-def validate(cfg, named: set[str] = frozenset()):
-    """Everything that can be wrong with the input, checked before Ray or MLflow start.
-    Returns the config (without the tasks of a group that have no data, said on stderr) and its trials."""
-    import dataclasses
-
-    from moebench.errors import DataError
-    from moebench.preflight import check_environment
-    from moebench.registry import TASKS
-    from moebench.splits import check_roles
-    from moebench.task import resolve_data_dir
-
-    check_environment(cfg)  # output dir, tracking store, resources, the model's config.json, memory
-    data_dir = resolve_data_dir(cfg.data_dir)
-    if data_dir is not None and not os.path.isdir(data_dir):
-        raise UsageError(f"--data-dir {data_dir!r} is not a directory")
-    skipped = {}
-    for task in cfg.tasks:
-        try:
-            train = cfg.task_train(task)
-            check_roles(TASKS.get(task), train, data_dir)
-            if train != cfg.train:
-                print(f"moebench: {task} has no training split in {data_dir}: it trains on {train.train_split} "
-                      f"and reports on {train.report_split}", file=sys.stderr)
-        except DataError:
-            raise  # a malformed file stops the run even in a group: it is there, so it was meant to be read
-        except UsageError as error:
-            if task in named:
-                raise
-            skipped[task] = str(error)  # a group member without data here: run the others
-    if skipped:
-        print(f"moebench: skipping {len(skipped)} task(s) of the requested groups that have no data here:", file=sys.stderr)
-        for reason in skipped.values():
-            print(f"  {reason}", file=sys.stderr)
-        if len(skipped) == len(cfg.tasks):
-            raise UsageError("none of the requested tasks has data here (see above)")
-        cfg = dataclasses.replace(cfg, tasks=tuple(t for t in cfg.tasks if t not in skipped))
-    check_task_metrics(cfg.tasks)
-    return cfg, cfg.trials()
-
-
-def check_task_metrics(names) -> None:
-    """Each task's `evaluate` metric loads now (a plugin's Hub id offline, a missing module
-    directory: one usage error), not in every trial."""
-    from moebench.metric import check_metric
-    from moebench.registry import TASKS
-
-    for name in names:
-        check_metric(TASKS.get(name))
-
-
-def check_clean_checkout(allow_dirty: bool) -> None:
-    """A published number must name the code that made it: refuse a modified checkout unless asked."""
-    from moebench.provenance import git_state
-
-    _, modified = git_state()
-    if modified and not allow_dirty:
-        shown = ", ".join(modified[:8]) + (f" and {len(modified) - 8} more" if len(modified) > 8 else "")
-        raise UsageError(f"the moebench checkout has uncommitted changes ({shown}); commit them, or pass --allow-dirty "
-                         "to run anyway (runs are then tagged <commit>-dirty)")
-
-
-def check_experiment_budget(uri: str, experiment: str, trials) -> None:
-    """Refuse to add runs of another budget to an experiment: its board could only mix them."""
-    import pandas as pd
-
-    from moebench.export import records_from_mlflow
-    from moebench.leaderboard import check_one_budget, current_runs, frame
-
-    existing = current_runs(frame(records_from_mlflow(uri, experiment, artifacts=False)), [])
-    if existing.empty:
-        return
-    new = pd.DataFrame([{f"params.{k}": v for k, v in t.flat_params().items()} for t in trials])
-    try:
-        check_one_budget(pd.concat([existing[[c for c in existing if c.startswith("params.")]], new], ignore_index=True))
-    except UsageError as error:
-        raise UsageError(f"experiment {experiment!r} already holds finished runs, and {error}") from None
-
-
-def print_feature_cache(trials) -> None:
-    from moebench.features import cache_features
-    from moebench.task import forget_loaded_examples
-
-    built, found = cache_features(trials)
-    forget_loaded_examples()  # a large training split should not stay in the driver for the whole sweep
-    if built or found:
-        print(f"moebench: tokenized features: {built} splits built, {found} found in {trials[0].feature_cache}", file=sys.stderr)
-
-
 def command_run(args: argparse.Namespace) -> int:
-    args = resolve_run_options(args, args.run_actions)
     from moebench.config import named_tasks
+    from moebench.run import run, validate
 
+    args = resolve_run_options(args, args.run_actions)
     with naming_the_file(args):
         cfg, trials = validate(run_config_from_args(args), named_tasks(args.tasks))
-    check_clean_checkout(cfg.allow_dirty)
-    # Every task split tokenized once, before the store or Ray: a data error, or a length the
-    # tokenizer cannot cut to, stops the run here.
-    print_feature_cache(trials)
-    uri = cfg.resolved_tracking_uri()
-    check_experiment_budget(uri, cfg.experiment, trials)
-    configurations = len({(t.method, t.config_id()) for t in trials}) // len(cfg.tasks)
-    searched = f", {configurations} method configurations" if cfg.search != "none" else ""
-    modes = f" x {len(cfg.upcycle)} upcycling modes" if len(cfg.upcycle) > 1 else ""
-    print(f"moebench: {len(trials)} trials ({len(cfg.methods)} methods{modes} x {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds{searched}); "
-          f"MLflow: {uri} experiment {cfg.experiment!r}", file=sys.stderr)
-    if args.precision == "auto":
-        print(f"moebench: --precision auto: {cfg.train.precision} ({cfg.auto_precision()[1]})", file=sys.stderr)
-    import signal
+    outcome = run(cfg, trials, args.command_line, args.baseline, auto_precision=args.precision == "auto")
+    return exit_status(outcome)
 
-    from moebench.journal import left_behind, replay_journal
-    from moebench.lease import describe, experiment_lease
-    from moebench.sweep import StopSignals, SweepSummary, run_sweep
-    from moebench.tracking import previous_runs
 
-    def lease_lost(holder: dict) -> None:  # called from the heartbeat thread
-        print(f"moebench: another sweep took experiment {cfg.experiment!r} over while this one was unresponsive "
-              f"({describe(holder)}); stopping", file=sys.stderr)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    todo, summary = trials, None
-    with StopSignals() as stop:
-        try:
-            with experiment_lease(uri, cfg.experiment, args.command_line, on_lost=lease_lost):
-                replay_journal(uri, cfg.experiment, cfg.output_dir)  # what an earlier sweep could not log, before resuming
-                finished, stale = previous_runs(uri, cfg.experiment, {t.fingerprint() for t in trials})
-                todo = [t for t in trials if t.fingerprint() not in finished]
-                if finished or stale:
-                    print(f"moebench: resuming: {len(trials) - len(todo)} trials already FINISHED are kept, {len(todo)} to run"
-                          + (f"; {stale} runs left RUNNING by an interrupted sweep marked KILLED" if stale else ""), file=sys.stderr)
-                summary = run_sweep(cfg, todo, args.command_line, stop) if todo else None
-        except KeyboardInterrupt:  # a signal outside Tune's fit(): before the sweep started, or after
-            summary = summary or SweepSummary()
-            summary.interrupted = stop.signum or signal.SIGINT
-    left = left_behind(cfg.output_dir, cfg.experiment)  # MLflow calls a tracking server that went away never took
-    if left:
-        print(left, file=sys.stderr)
-    # A board is written only for a complete sweep: a partial one could be read, and cited, as the result.
-    if summary and summary.store_error and not summary.interrupted:
-        done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
-        print(f"moebench: the sweep stopped, as {summary.store_error}; {done} of {len(trials)} trials finished. Make the "
+def exit_status(outcome) -> int:
+    """What a sweep's outcome means to the shell, said on stderr: 0 only for a complete sweep, every
+    trial FINISHED and its board written; 128 + the signal for an interrupted one; else 1."""
+    done = outcome.kept + outcome.finished
+    if outcome.left_behind:
+        print(outcome.left_behind, file=sys.stderr)
+    if outcome.store_error and not outcome.interrupted:
+        print(f"moebench: the sweep stopped, as {outcome.store_error}; {done} of {outcome.trials} trials finished. Make the "
               "store writable and rerun the same command to resume (runs it could not close are closed then)", file=sys.stderr)
         return 1
-    if summary and summary.interrupted:
-        done = len(trials) - len(todo) + len(summary.finished) + len(summary.stopped)
-        print(f"moebench: interrupted: {done} of {len(trials)} trials finished; rerun the same command to resume", file=sys.stderr)
-        return 128 + summary.interrupted
-    if summary and summary.aborted:
-        print(f"\nmoebench: the sweep stopped before all trials ended ({summary.aborted}). "
-              f"{len(summary.finished)} trials FINISHED are kept in MLflow; rerun the same command to run the rest.",
-              file=sys.stderr)
+    if outcome.interrupted:
+        print(f"moebench: interrupted: {done} of {outcome.trials} trials finished; rerun the same command to resume", file=sys.stderr)
+        return 128 + outcome.interrupted
+    if outcome.aborted:
+        print(f"\nmoebench: the sweep stopped before all trials ended ({outcome.aborted}). "
+              f"{outcome.finished} trials FINISHED are kept in MLflow; rerun the same command to run the rest.", file=sys.stderr)
         return 1
-    if left:  # a board now would miss those runs
+    if outcome.left_behind:  # a board now would miss those runs
         return 1
-    status = print_leaderboard(uri, cfg.experiment, os.path.join(cfg.output_dir, "leaderboard"), baseline=args.baseline)
-    if summary and summary.failed:
-        print(f"\n{len(summary.failed)} of {len(todo)} trials FAILED:", file=sys.stderr)
-        for label, reason in summary.failed:
+    if outcome.failed:
+        print(f"\n{len(outcome.failed)} of {outcome.trials - outcome.kept} trials FAILED:", file=sys.stderr)
+        for label, reason in outcome.failed:
             print(f"  {label}: {reason}", file=sys.stderr)
         return 1
-    return status
-
-
-def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, formats: tuple[str, ...] = ("md", "csv", "png"),
-                      baseline: str = DEFAULT_BASELINE, exports: list[str] | None = None) -> int:
-    """Build the board from MLflow (or from an export), print it, write its folder."""
-    from moebench import leaderboard
-    from moebench.export import read_export, records_from_mlflow
-    from moebench.schema import TAG_EXPERIMENT
-
-    valid = [*leaderboard.FORMATS, "png"]
-    bad = [f for f in formats if f not in valid]
-    if bad:
-        raise UsageError(f"--format {','.join(bad)} unknown; valid: {', '.join(valid)}")
-    # several exports (stores of different machines or drivers) make one board, written as one export
-    records = [r for path in exports for r in read_export(path)] if exports else records_from_mlflow(tracking_uri, experiment)
-    if exports and records:  # exports of several experiments (one per task's budget, say) make one board of them all
-        names = [r["tags"].get(TAG_EXPERIMENT) for r in records]
-        experiment = " + ".join(dict.fromkeys(n for n in names if n)) or experiment
-    if not any(r["status"] == "FINISHED" for r in records):
-        print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
-        return 1
-    board = leaderboard.build(records, experiment, baseline)
-    print(leaderboard.to_markdown(board))
-    print("What this board can say:\n" + leaderboard.findings(board))
-    for warning in board.warnings:
-        print(f"moebench: warning: {warning}", file=sys.stderr)
-    for path in leaderboard.write(board, records, output, tuple(formats)):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return outcome.board
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
+    from moebench.publish import publish
+
     output = args.output or os.path.join(args.output_dir, "leaderboard")
     if args.from_export:
         for path in args.from_export:
             if not os.path.isfile(path):
                 raise UsageError(f"--from-export {path!r}: no such file")
-        return print_leaderboard(None, args.experiment, output, tuple(args.format), args.baseline, args.from_export)
-    return print_leaderboard(existing_store(args, "--from-export FILE"), args.experiment, output, tuple(args.format), args.baseline)
+        return publish(None, args.experiment, output, tuple(args.format), args.baseline, args.from_export)
+    return publish(existing_store(args, "--from-export FILE"), args.experiment, output, tuple(args.format), args.baseline)
 
 
 def command_power(args: argparse.Namespace) -> int:

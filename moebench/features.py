@@ -10,12 +10,12 @@ task's scoring reads it unchanged; `collate` pads a batch from the arrays direct
 
 Features depend only on the examples, the tokenizer, the maximum length and the code that
 encodes, and every trial of a sweep (methods x seeds x configurations) needs the same ones. So
-`feature_table` keys a cache entry on exactly those and keeps it under the trial's
-`feature_cache` folder (`<output_dir>/cache/features/<key>/`, one .npy per array, read
-memory-mapped: parallel trials on one machine share the pages). The driver builds every entry
-before Ray starts (`cache_features`); a trial that misses its entry builds and writes it. An
-entry is written to a temporary folder and renamed into place, so a reader never sees half of
-one and two trials racing only lose time. Deleting the cache is always safe.
+a cache entry is keyed on exactly those (`cache_key`) and kept under the run's feature cache
+folder (`<output_dir>/cache/features/<key>/`, one .npy per array, read memory-mapped): a
+resumed or extended sweep tokenizes nothing again. The driver builds and reads the entries
+(moebench.trial_data) and hands the tables to the trials. An entry is written to a temporary
+folder and renamed into place, so a reader never sees half of one and two writers racing only
+lose time. Deleting the cache is always safe.
 """
 from __future__ import annotations
 
@@ -331,20 +331,6 @@ def entry_path(cache_dir: str, key: dict) -> str:
     return os.path.join(cache_dir, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24])
 
 
-def feature_table(task, examples: list, tokenizer, max_length: int, cache_dir: str | None = None) -> FeatureTable:
-    """The features of `examples`: from the cache when its entry is there, else encoded (and,
-    with a cache, written for the next trial). Without a cache: encoded in memory."""
-    if cache_dir is None:
-        return encode_table(task, examples, tokenizer, max_length)
-    key = cache_key(task, examples, tokenizer, max_length)
-    path = entry_path(cache_dir, key)
-    table = read_table(path)
-    if table is None:
-        table = encode_table(task, examples, tokenizer, max_length)
-        write_table(path, table, key)
-    return table
-
-
 def write_table(path: str, table: FeatureTable, key: dict) -> None:
     """Write an entry atomically: into a temporary folder beside it, then one rename. If another
     process renamed its copy first, the rename fails and theirs (the same features) stays."""
@@ -440,41 +426,3 @@ def shortest_honoured(task, examples: list, tokenizer, too_short: int, long_enou
     finally:
         transformers.logging.set_verbosity(verbosity)
     return long_enough
-
-
-def cache_features(trials) -> tuple[int, int]:
-    """Fill the cache with every split the trials read, each tokenized once: the driver does this
-    before Ray starts, so a sweep of methods x seeds tokenizes each task split once, and a data
-    error or a length the tokenizer cannot honour (`check_max_length`) stops it before any trial.
-    Returns (entries built, entries already there)."""
-    from moebench.moe.upcycle import load_tokenizer
-    from moebench.registry import TASKS
-    from moebench.splits import load_roles
-
-    built = found = 0
-    seen = set()
-    for trial in trials:
-        cfg = trial.train
-        data = (trial.task, trial.model, trial.data_dir, trial.feature_cache, cfg.train_split, cfg.select_split,
-                cfg.report_split, cfg.max_train_samples, cfg.max_eval_samples, cfg.max_seq_length)
-        if trial.feature_cache is None or data in seen:
-            continue
-        seen.add(data)
-        task, tokenizer = TASKS.get(trial.task), load_tokenizer(trial.model)
-        train, select, report = load_roles(task, cfg, trial.data_dir)
-        for role, examples in (("training", train), ("select", select), *(("report", r) for r in report.values())):
-            key = cache_key(task, examples, tokenizer, cfg.max_seq_length)
-            path = entry_path(trial.feature_cache, key)
-            table = read_table(path)
-            if table is None:
-                first = examples[:SAMPLED_EXAMPLES]
-                check_max_length(task, first, encode_table(task, first, tokenizer, cfg.max_seq_length), tokenizer,
-                                 cfg.max_seq_length, role, sample=True)
-                table = encode_table(task, examples, tokenizer, cfg.max_seq_length)
-            check_max_length(task, examples, table, tokenizer, cfg.max_seq_length, role)
-            if os.path.isdir(path):
-                found += 1
-            else:
-                write_table(path, table, key)
-                built += 1
-    return built, found

@@ -16,31 +16,38 @@ from moebench.config import RunConfig, TrialConfig
 from moebench.live import LiveView, distinct_labels, mark_sweep
 from moebench.registry import TASKS
 from moebench.tracking import MLflowCallback
+from moebench.trial_data import TrialData, prepare_sweep
 
 
-def tune_trial(config: dict) -> None:
-    """The Ray Tune trainable: one trial, reporting its progress every few seconds, each epoch,
-    and then its final metrics, the selected epoch's report predictions, and what ran, read here
-    in the worker: on a cluster, or after an edit mid-sweep, the code a worker imported need not
-    be the driver's."""
+def tune_trial(config: dict, data: dict | None = None) -> None:
+    """The Ray Tune trainable: one trial, on the data the driver prepared (`data`: data_key ->
+    an object-store reference to its TrialData), reporting its progress every few seconds, each
+    epoch, and then its final metrics, the selected epoch's report predictions, and what ran,
+    read here in the worker: on a cluster, or after an edit mid-sweep, the code a worker
+    imported need not be the driver's."""
     import dataclasses
     import json
     import time
 
     start = time.perf_counter()  # the trial's own clock: what a worker spent on it, driver and Ray excluded
+    import ray
     from ray import tune
 
     from moebench.provenance import code_provenance
     from moebench.task import forget_loaded_examples
     from moebench.train import PROGRESS_EVERY_S, run_trial
+    from moebench.trial_data import data_key
 
     threads = int(os.environ.get("MOEBENCH_TRIAL_THREADS", "1"))
     torch.set_num_threads(max(1, threads))
     spec = TrialConfig.from_dict(config["trial"])
     require_installed(spec)
+    prepared = None
     try:
-        result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S)
+        prepared = ray.get(data[data_key(spec)]) if data else None
+        result = run_trial(spec, report=tune.report, progress=False, progress_every=PROGRESS_EVERY_S, data=prepared)
     finally:  # the worker runs other trials next (reuse_actors): nothing of this one may stay
+        del prepared
         forget_loaded_examples()
         release_memory()
     outcomes = {suffix: dataclasses.asdict(o) for suffix, o in result.report_outcomes.items()}
@@ -268,10 +275,15 @@ def trial_label(spec: TrialConfig) -> str:
     return f"{spec.method}/{spec.task}/seed{spec.seed}"
 
 
-def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop: StopSignals | None = None) -> SweepSummary:
-    """Run the trials; `stop`, entered by the caller, turns SIGINT/SIGTERM into a graceful stop."""
+def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop: StopSignals | None = None,
+              data: dict[str, TrialData] | None = None) -> SweepSummary:
+    """Run the trials on `data` (moebench.trial_data.prepare_sweep's, handed over: the dict is
+    emptied once Ray holds it; None: prepared here); `stop`, entered by the caller, turns
+    SIGINT/SIGTERM into a graceful stop."""
     import ray
     from ray import tune
+
+    data = prepare_sweep(trials) if data is None else data
 
     stop = stop or StopSignals()
     summary = SweepSummary()
@@ -309,10 +321,13 @@ def run_sweep(cfg: RunConfig, trials: list[TrialConfig], command: str = "", stop
                                                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
                                                "TOKENIZERS_PARALLELISM": "false"}})
         stop.install()
+        # Each trial fetches only its own task's data; the driver keeps none of it.
+        references = {key: ray.put(prepared) for key, prepared in data.items()}
+        data.clear()
         # The default follows the cluster's GPUs, not the driver's: a cluster's head often has none.
         gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
         tuner = tune.Tuner(
-            tune.with_resources(tune_trial, {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
+            tune.with_resources(tune.with_parameters(tune_trial, data=references), {"cpu": cfg.cpus_per_trial, "gpu": gpus}),
             param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
             # A worker process runs trial after trial: no process start and no torch import per trial
             # (run_trial sets every global it depends on: seeds, threads, determinism).

@@ -44,6 +44,10 @@ class Task(Protocol):
     # MLflow run is tagged with its name and version, and moebench.metric.compute runs it.
     metric: str
     metric_config: str | None
+    # Optional: the feature keys the model is trained against (default: ("labels",); extractive
+    # QA: its answer's start and end positions). The rest of a feature beyond the encoder's
+    # inputs is metadata that only `score` reads.
+    targets: tuple[str, ...]
 
     def head_kwargs(self) -> dict[str, Any]:
         """Extra from_pretrained kwargs for the head (num_labels, problem_type)."""
@@ -94,6 +98,15 @@ class Task(Protocol):
         smallest) or the mean gold value for regression; MultiRC the most frequent option label
         for every option; NER "O" for every word; SQuAD "" for every question. None where no
         constant answer exists (ReCoRD). Metrics undefined on a constant may come out NaN."""
+
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_TARGETS = ("labels",)
+
+
+def model_inputs(task) -> tuple[str, ...]:
+    """The feature keys a batch hands the model for this task: the encoder's inputs and the task's targets."""
+    return ENCODER_INPUTS + tuple(getattr(task, "targets", DEFAULT_TARGETS))
 
 
 def read_text(path: str) -> str:

@@ -23,14 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from moebench.config import TrialConfig
-from moebench.features import FeatureTable, feature_table
+from moebench.features import FeatureTable
 from moebench.method import Method
 from moebench.moe.diagnostics import ProbeDiagnostics
 from moebench.moe.importance import neuron_importance
 from moebench.moe.upcycle import MoEModel, encoder_layers, load_pretrained, load_tokenizer
 from moebench.registry import METHODS, TASKS
-from moebench.splits import load_roles
-from moebench.task import family_score
+from moebench.task import DEFAULT_TARGETS, ENCODER_INPUTS, family_score, model_inputs
+from moebench.trial_data import TrialData, prepare
 
 Report = Callable[[dict[str, Any]], None]
 PROBE_SIZE = 32  # evaluation examples on which every expert is compared, the same each epoch
@@ -68,20 +68,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Feature keys the model takes; anything else on a feature (offsets, example ids) is metadata
-# the task's scoring reads back.
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+# What a batch hands the model unless told otherwise (a classification task's); anything else on a
+# feature (offsets, example ids) is metadata the task's scoring reads back.
+CLASSIFICATION_INPUTS = ENCODER_INPUTS + DEFAULT_TARGETS
 
 
 def pad_value(key: str, tokenizer) -> int:
     return {"input_ids": tokenizer.pad_token_id or 0, "labels": -100}.get(key, 0)
 
 
-def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
-    """Model inputs of a batch: token sequences right-padded to the longest (also inside the
-    choices of a multiple-choice feature), token labels padded with -100 (ignored by the loss)."""
+def collate(features: list[dict], tokenizer, inputs: tuple[str, ...] = CLASSIFICATION_INPUTS) -> dict[str, torch.Tensor]:
+    """Model inputs of a batch (the `inputs` its features have; moebench.task.model_inputs names a
+    task's): token sequences right-padded to the longest (also inside the choices of a
+    multiple-choice feature), token labels padded with -100 (ignored by the loss)."""
     batch = {}
-    for key in MODEL_INPUTS:
+    for key in inputs:
         if key not in features[0]:
             continue
         values = [f[key] for f in features]
@@ -96,16 +97,17 @@ def collate(features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(features: list[dict] | FeatureTable, batch_size: int, tokenizer, order: list[int] | None = None):
+def batches(features: list[dict] | FeatureTable, batch_size: int, tokenizer, order: list[int] | None = None,
+            inputs: tuple[str, ...] = CLASSIFICATION_INPUTS):
     """Collated model inputs, `batch_size` features at a time, in `order` (default: as given).
     A FeatureTable pads its arrays directly, into the same tensors collate makes of the dicts."""
     order = list(range(len(features))) if order is None else order
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         if isinstance(features, FeatureTable):
-            yield features.collate(chunk, MODEL_INPUTS, lambda key: pad_value(key, tokenizer))
+            yield features.collate(chunk, inputs, lambda key: pad_value(key, tokenizer))
         else:
-            yield collate([features[i] for i in chunk], tokenizer)
+            yield collate([features[i] for i in chunk], tokenizer, inputs)
 
 
 def feature_length(feature: dict) -> int:
@@ -244,7 +246,7 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
     order = longest_first(features)
     predictions: list = [None] * len(features)
     position = 0
-    for batch in batches(features, batch_size, tokenizer, order):
+    for batch in batches(features, batch_size, tokenizer, order, model_inputs(task)):
         batch = {k: v.to(device) for k, v in batch.items()}
         with ctx:
             output, _ = model(**batch)
@@ -267,7 +269,7 @@ def build_model(trial: TrialConfig, task, train_features: list[dict], tokenizer,
     importance = None
     if trial.moe is not None and trial.moe.needs_importance:
         layers = trial.moe.layer_indices(len(encoder_layers(hf_model)))
-        sample = itertools.islice(batches(train_features, trial.train.batch_size, tokenizer), IMPORTANCE_BATCHES)
+        sample = itertools.islice(batches(train_features, trial.train.batch_size, tokenizer, inputs=model_inputs(task)), IMPORTANCE_BATCHES)
         importance = neuron_importance(hf_model, sample, layers)
     return MoEModel(hf_model, trial.moe, seed=trial.seed, importance=importance).to(device)
 
@@ -333,9 +335,10 @@ def progress_report(step: int, total: int, epoch: int, epochs: int, loss: float,
 
 
 def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progress: bool = True,
-              progress_every: float | None = None) -> TrialResult:
-    """Train and evaluate one trial; `report` gets each epoch's metrics and, with `progress_every`
-    (seconds), a progress_report at most that often and at the end of each epoch's training."""
+              progress_every: float | None = None, data: TrialData | None = None) -> TrialResult:
+    """Train and evaluate one trial on `data` (the driver's, moebench.trial_data; without it, read
+    and tokenized here); `report` gets each epoch's metrics and, with `progress_every` (seconds),
+    a progress_report at most that often and at the end of each epoch's training."""
     task = TASKS.get(trial.task)
     method_cls = METHODS.get(trial.method)
     cfg = trial.train
@@ -349,17 +352,15 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     seed_everything(trial.seed)
 
     tokenizer = load_tokenizer(trial.model)
-    train_examples, select_examples, report_examples = load_roles(task, cfg, trial.data_dir)
-    # Tokenized once per split for the whole sweep (moebench.features): read from the cache the
-    # driver filled, else built here (and cached); with no cache (tests, notebooks), in memory.
-    encode = lambda examples: feature_table(task, examples, tokenizer, cfg.max_seq_length, trial.feature_cache)
-    train_features = encode(train_examples)
-    eval_sets = {"select": {"": (encode(select_examples), select_examples)},
-                 "report": {suffix: (encode(examples), examples) for suffix, examples in report_examples.items()}}
+    data = data or prepare(trial, tokenizer)
+    train_features = data.train
+    eval_sets = {"select": {"": (data.select.features, data.select.examples)},
+                 "report": {suffix: (split.features, split.examples) for suffix, split in data.report.items()}}
 
+    inputs = model_inputs(task)
     first_report = next(iter(eval_sets["report"].values()))[0]
     # Its labels stay out of the probe forward; they give the expert/label mutual information.
-    probe = ProbeDiagnostics({k: v.to(device) for k, v in collate(first_report[:PROBE_SIZE], tokenizer).items()})
+    probe = ProbeDiagnostics({k: v.to(device) for k, v in collate(first_report[:PROBE_SIZE], tokenizer, inputs).items()})
 
     model = build_model(trial, task, train_features, tokenizer, device)
     method: Method = method_cls(method_cls.Params(**trial.method_params))
@@ -367,15 +368,14 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_features) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    method.start(total_steps, lambda: batches(train_features, cfg.batch_size, tokenizer))
+    method.start(total_steps, lambda: batches(train_features, cfg.batch_size, tokenizer, inputs=inputs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(1, int(cfg.warmup_ratio * total_steps))))
     order = torch.Generator().manual_seed(trial.seed)
 
     select_metric = select_metric_name(task)
     history: list[dict[str, float]] = []
     outcomes_by_epoch: list[dict[str, Outcomes]] = []
-    clock = TrialClock(total_steps, cfg.epochs, cfg.batch_size,
-                       examples_per_evaluation=len(select_examples) + sum(len(e) for e in report_examples.values()))
+    clock = TrialClock(total_steps, cfg.epochs, cfg.batch_size, examples_per_evaluation=data.evaluated_examples())
     start = clock.start
     bar = tqdm(total=total_steps, desc=f"{trial.method}/{trial.task}/seed{trial.seed}", disable=not progress, leave=False)
     step = 0  # optimizer steps so far, all epochs (the tqdm bar counts nothing when disabled)
@@ -383,7 +383,8 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     window_loss, window_steps = 0.0, 0  # the task loss over the steps since the last progress report
     for epoch in range(1, cfg.epochs + 1):
         sums: dict[str, float] = {}
-        for batch in batches(train_features, cfg.batch_size, tokenizer, training_order(train_features, cfg.batch_size, order, cfg.group_by_length)):
+        for batch in batches(train_features, cfg.batch_size, tokenizer, training_order(train_features, cfg.batch_size, order, cfg.group_by_length),
+                             inputs):
             losses = train_step(model, method, optimizer, {k: v.to(device) for k, v in batch.items()}, cfg.max_grad_norm,
                                 ctx, scaler)
             scheduler.step()
@@ -441,8 +442,8 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         train_time_s=time.perf_counter() - start,
         **effective_max_lengths(train_features, eval_sets),
         train_examples=len(train_features),
-        select_examples=len(select_examples),
-        report_examples=sum(len(examples) for examples in report_examples.values()),
+        select_examples=len(data.select.examples),
+        report_examples=sum(len(split.examples) for split in data.report.values()),
         **{f"params_{k}": v for k, v in model.num_parameters(measured_experts_per_token(model, kept)).items()},
     )
     return TrialResult(final, outcomes_by_epoch[chosen])

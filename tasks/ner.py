@@ -142,7 +142,7 @@ class CoNLL2003:
                 previous = word
             feature = {key: encoded[key][index] for key in encoded.keys()}
             # `word_ids` (the word each label belongs to) and `example_index` are scoring
-            # metadata; collate passes only train.MODEL_INPUTS to the model.
+            # metadata; a batch hands the model only moebench.task.model_inputs.
             feature.update(labels=labels, word_ids=words, example_index=index)
             features.append(feature)
         return features

@@ -136,6 +136,7 @@ class SquadTask:
     family_title: str = "QA"
     family_order: int = 2
     auto_class: str = "AutoModelForQuestionAnswering"
+    targets: tuple[str, ...] = ("start_positions", "end_positions")
     main_metric: str = "f1"
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     family_metrics: tuple[str, ...] = ("exact_match", "f1")  # the SQuAD leaderboard reports both

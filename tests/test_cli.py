@@ -95,15 +95,16 @@ def test_unreachable_hub_names_data_dir(tmp_path):
 
 
 def test_a_modified_checkout_is_refused_unless_allowed(monkeypatch):
-    from moebench import cli, provenance
+    from moebench import provenance
     from moebench.errors import UsageError
+    from moebench.run import check_clean_checkout
 
     monkeypatch.setattr(provenance, "git_state", lambda root=None: ("abc123", ["moebench/train.py", "notes.txt"]))
     with pytest.raises(UsageError, match=r"uncommitted changes \(moebench/train.py, notes.txt\).*--allow-dirty"):
-        cli.check_clean_checkout(allow_dirty=False)
-    cli.check_clean_checkout(allow_dirty=True)
+        check_clean_checkout(allow_dirty=False)
+    check_clean_checkout(allow_dirty=True)
     monkeypatch.setattr(provenance, "git_state", lambda root=None: ("abc123", []))
-    cli.check_clean_checkout(allow_dirty=False)
+    check_clean_checkout(allow_dirty=False)
 
 
 def test_exports_merge_into_one_board_only_at_one_budget_per_task(tmp_path):

@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from moebench import features as F
+from moebench import trial_data
 from moebench.config import RunConfig, TrainConfig, TrialConfig
 from moebench.moe.upcycle import MoEConfig, load_tokenizer
 from moebench.registry import TASKS
-from moebench.train import (MODEL_INPUTS, batches, collate, feature_length, length_grouped_order, longest_first, pad_value,
+from moebench.task import model_inputs
+from moebench.trial_data import prepare_sweep, role_features
+from moebench.train import (CLASSIFICATION_INPUTS, batches, collate, feature_length, length_grouped_order, longest_first, pad_value,
                             run_trial)
+
+ALL_INPUTS = (*CLASSIFICATION_INPUTS, "start_positions", "end_positions")
 
 
 def record_examples():
@@ -62,7 +67,8 @@ def test_table_gives_back_the_features_and_their_batches(name, data_dir, tiny_mo
         generator = lambda: torch.Generator().manual_seed(5)
         assert length_grouped_order(table, 4, generator()) == length_grouped_order(features, 4, generator())
         order = torch.randperm(len(features), generator=generator()).tolist()
-        for expected, got in zip(batches(features, 5, tokenizer, order), batches(table, 5, tokenizer, order), strict=True):
+        inputs = model_inputs(task)
+        for expected, got in zip(batches(features, 5, tokenizer, order, inputs), batches(table, 5, tokenizer, order, inputs), strict=True):
             assert_same_batch(expected, got)
     if name == "squad":  # windows of one question: offsets with None outside the context, example_index across chunks
         assert read.columns["offset_mapping"].kind == "spans" and any(None in f["offset_mapping"] for f in read)
@@ -96,13 +102,13 @@ def test_collate_of_a_table_matches_collate_of_dicts_with_padding_and_choices():
     features = [{"input_ids": [1, 2, 3], "labels": [0, 4, -100], "score": 0.5, "word_ids": [0, 1]},
                 {"input_ids": [1, 2], "labels": [0, 5], "score": 2, "word_ids": [0]}]
     table = F.FeatureTable({k: F.column([f[k] for f in features]) for k in features[0]})
-    keys = (*MODEL_INPUTS, "score")
+    keys = (*ALL_INPUTS, "score")
     got = table.collate([1, 0], keys, lambda key: pad_value(key, Pad()))
     assert got["input_ids"].tolist() == [[1, 2, 7], [1, 2, 3]] and got["labels"].tolist() == [[0, 5, -100], [0, 4, -100]]
     assert got["score"].dtype == torch.float32 and "word_ids" not in got
     choices = [{"input_ids": [[1, 2], [1, 2, 3]], "labels": 1}, {"input_ids": [[4], [5, 6]], "labels": 0}]
     table = F.FeatureTable({k: F.column([f[k] for f in choices]) for k in choices[0]})
-    assert_same_batch(collate(choices, Pad()), table.collate([0, 1], MODEL_INPUTS, lambda key: pad_value(key, Pad())))
+    assert_same_batch(collate(choices, Pad()), table.collate([0, 1], ALL_INPUTS, lambda key: pad_value(key, Pad())))
     assert table.lengths.tolist() == [3, 2]
 
 
@@ -129,12 +135,13 @@ def test_entries_are_written_once_and_a_broken_one_is_rebuilt(data_dir, tiny_mod
     examples = task.load("validation", data_dir)[:10]
     key = F.cache_key(task, examples, tokenizer, 32)
     path = F.entry_path(str(tmp_path), key)
-    table = F.feature_table(task, examples, tokenizer, 32, str(tmp_path))
+    table, found = role_features(task, examples, tokenizer, 32, "report", str(tmp_path))
+    assert not found and role_features(task, examples, tokenizer, 32, "report", str(tmp_path))[1]
     assert os.path.isfile(os.path.join(path, "meta.json")) and os.listdir(tmp_path) == [os.path.basename(path)]
     F.write_table(path, table, key)  # a second writer loses the race quietly; no temporary folder is left
     assert os.listdir(tmp_path) == [os.path.basename(path)] and capsys.readouterr().err == ""
     os.remove(os.path.join(path, "0.data.npy"))
-    assert list(F.feature_table(task, examples, tokenizer, 32, str(tmp_path))) == list(table)
+    assert list(role_features(task, examples, tokenizer, 32, "report", str(tmp_path))[0]) == list(table)
     assert "unreadable feature cache entry" in capsys.readouterr().err
 
 
@@ -159,8 +166,6 @@ def tiny_trial(model, data_dir, task, cache=None):
 @pytest.mark.parametrize("task_name", ["squad", "conll2003", "copa"])
 def test_a_trial_computes_the_same_with_lists_a_table_and_the_cache_cold_or_warm(task_name, tiny_model_dir, data_dir, tmp_path,
                                                                                   monkeypatch):
-    import moebench.train as train
-
     torch.set_num_threads(1)
     keep = lambda result: ({k: v for k, v in result.metrics.items() if k != "train_time_s"}, result.report_outcomes)
     no_cache = keep(run_trial(tiny_trial(tiny_model_dir, data_dir, task_name), progress=False))
@@ -174,8 +179,8 @@ def test_a_trial_computes_the_same_with_lists_a_table_and_the_cache_cold_or_warm
     with monkeypatch.context() as patch:
         patch.setattr(type(task), "encode", no_tokenizing)
         warm = keep(run_trial(tiny_trial(tiny_model_dir, data_dir, task_name, str(tmp_path)), progress=False))
-    with monkeypatch.context() as patch:  # today's path: lists of dicts
-        patch.setattr(train, "feature_table", lambda task, examples, tokenizer, length, cache: task.encode(examples, tokenizer, length))
+    with monkeypatch.context() as patch:  # the path before feature tables: lists of dicts
+        patch.setattr(trial_data, "role_features", lambda task, examples, tokenizer, length, role, cache: (task.encode(examples, tokenizer, length), False))
         lists = keep(run_trial(tiny_trial(tiny_model_dir, data_dir, task_name), progress=False))
     assert no_cache == cold == warm == lists
 
@@ -185,6 +190,9 @@ def test_the_driver_tokenizes_each_split_once_for_all_methods_and_seeds(data_dir
                     output_dir=str(tmp_path), train=TrainConfig(max_train_samples=20, max_eval_samples=10, max_seq_length=32))
     trials = cfg.trials()
     assert len(trials) == 8
-    assert F.cache_features(trials) == (6, 0)  # 2 tasks x (train, select, report)
-    assert F.cache_features(trials) == (0, 6)
+    first = prepare_sweep(trials)
+    assert len(first) == 2 and sum(d.cached for d in first.values()) == 0  # 2 tasks x (train, select, report), built
+    again = prepare_sweep(trials)
+    assert sum(d.cached for d in again.values()) == 6
+    assert [len(d.train) for d in again.values()] == [len(d.train) for d in first.values()]
     assert len(os.listdir(cfg.feature_cache_dir())) == 6
