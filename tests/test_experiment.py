@@ -107,3 +107,33 @@ def test_the_help_states_the_defaults_that_apply():
             assert text == str(default), dest
         checked += 1
     assert checked >= 20
+
+
+def test_the_readmes_options_table_states_the_defaults_that_apply():
+    """Each `--option ...` [default] of the README's table is RUN_DEFAULTS' value; an option whose
+    default is decided at run time (None) is described in words there, never given a value."""
+    import re
+    from pathlib import Path
+
+    from moebench.experiment import RUN_DEFAULTS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("`moebench run` options (defaults in brackets):"):]
+    table = table[:table.index("\n\n", table.index("| option |"))]
+    words = {"on": True, "off": False}
+    checked = 0
+    for flag, text in re.findall(r"`--([a-z][a-z-]*)[^`]*` \[([^\]]+)\]", table):
+        dest = flag.replace("-", "_")
+        assert dest in RUN_DEFAULTS, flag
+        default, text = RUN_DEFAULTS[dest], text.strip("`")
+        default = default[0] if isinstance(default, list) and len(default) == 1 else default
+        if default is None:
+            assert not re.fullmatch(r"[\w.+-]+", text) or text in ("all",), f"--{flag} [{text}]: its default is decided at run time"
+        elif isinstance(default, bool):
+            assert words.get(text) is default, flag
+        elif isinstance(default, (int, float)):
+            assert float(text) == default, flag
+        else:
+            assert text == str(default), flag
+        checked += 1
+    assert checked >= 25, checked
