@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from moebench.moe.diagnostics import diagnose, routing_health
+from moebench.moe.diagnostics import diagnose, expert_similarity, routing_health
 from moebench.moe.layer import Routing
-from moebench.moe.similarity import cka_from_grams, kernel_cka, linear_cka, rbf_gram
+from moebench.moe.similarity import cka_from_grams, kernel_cka, linear_cka, median_distance, rbf_gram
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained
 
 
@@ -48,6 +48,28 @@ def test_values_match_a_direct_numpy_hsic(xy):
     expected_rbf = numpy_hsic_cka(np.exp(-sq(x.numpy()) / (2 * 0.8**2)), np.exp(-sq(y.numpy()) / (2 * 0.8**2)))
     assert kernel_cka(x, y, sigma=0.8).item() == pytest.approx(expected_rbf, rel=1e-6)
     assert 0 < linear_cka(x, y).item() < 1
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_every_similarity_diagnostic_is_blind_to_the_outputs_scale(scale):
+    """Experts that grow or shrink alike are no more or less alike: the probe's CKA and cosine,
+    and RBF CKA with the median bandwidth. A fixed bandwidth is not (SimSMoE's loss keeps it)."""
+    import types
+
+    g = torch.Generator().manual_seed(1)
+    shared = torch.randn(64, 8, generator=g)
+    outputs = torch.stack([shared + 0.5 * torch.randn(64, 8, generator=g) for _ in range(3)])  # (E, N, d): related experts
+    as_routing = lambda out: types.SimpleNamespace(inputs=None, layer=types.SimpleNamespace(run_every_expert=lambda _: out))
+    plain, scaled = expert_similarity(as_routing(outputs)), expert_similarity(as_routing(scale * outputs))
+    assert scaled == pytest.approx(plain, rel=1e-5) and 0.2 < plain["expert_cka"] < 0.95
+    x, y = 0.2 * outputs[0].double(), 0.2 * outputs[1].double()  # where sigma 0.8 neither saturates nor flattens
+    assert kernel_cka(scale * x, scale * y, sigma=None).item() == pytest.approx(kernel_cka(x, y, sigma=None).item(), rel=1e-9)
+    assert kernel_cka(10 * x, 10 * y, sigma=0.8).item() - kernel_cka(x, y, sigma=0.8).item() > 0.25  # 0.70 -> 1.00
+
+
+def test_the_median_bandwidth_is_the_median_of_distinct_pairs():
+    x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)  # distances 1, 3, 2
+    assert median_distance(x).item() == 2.0
 
 
 def test_rbf_gram_is_one_on_the_diagonal(xy):

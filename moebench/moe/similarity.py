@@ -5,6 +5,12 @@
 
 Kernels: linear (K = X X^T) or RBF (K_ab = exp(-|x_a - x_b|^2 / 2 sigma^2)), as in SimSMoE's
 losses/cka.py. All functions are differentiable torch code: SimSMoE trains through them.
+
+With a fixed sigma (SimSMoE's 0.8, kept in its loss as its code has it) RBF CKA measures the
+outputs' scale as much as their similarity: independent 4-d outputs score 0.09 at scale 0.1,
+0.57 at 1 and 0.98 at 3. `sigma=None` takes each set's bandwidth from its own median pairwise
+distance (Kornblith et al. 2019, section 3), which makes the index scale-free, as linear CKA
+and cosine similarity, the probe's diagnostics, already are (tests/test_similarity.py).
 """
 from __future__ import annotations
 
@@ -35,7 +41,17 @@ def cka_from_grams(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return safe_ratio(hsic(k, l), torch.sqrt(hsic(k, k) * hsic(l, l)))
 
 
-def kernel_cka(x: torch.Tensor, y: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
+def median_distance(x: torch.Tensor) -> torch.Tensor:
+    """The median distance between distinct rows of x: a bandwidth that scales with the data."""
+    n = len(x)
+    distances = torch.cdist(x, x)[torch.triu_indices(n, n, offset=1, device=x.device).unbind()]
+    return distances.median().clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def kernel_cka(x: torch.Tensor, y: torch.Tensor, sigma: float | None = 0.8) -> torch.Tensor:
+    """RBF CKA with a fixed bandwidth, or with `sigma=None` each set's median distance."""
+    if sigma is None:
+        return cka_from_grams(rbf_gram(x, median_distance(x)), rbf_gram(y, median_distance(y)))
     return cka_from_grams(rbf_gram(x, sigma), rbf_gram(y, sigma))
 
 
