@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from moebench.config import TrialConfig
 from moebench.features import FeatureTable
 from moebench.method import Method
-from moebench.moe.diagnostics import ProbeDiagnostics
+from moebench.moe.diagnostics import ProbeDiagnostics, function_change, probe_outputs
 from moebench.moe.importance import neuron_importance
 from moebench.moe.upcycle import MoEModel, encoder_layers, load_pretrained, load_tokenizer
 from moebench.registry import METHODS, TASKS
@@ -263,9 +263,12 @@ def evaluate(model: MoEModel, task, features: list[dict], examples: list[dict], 
 IMPORTANCE_BATCHES = 8  # training batches (in file order, the same for every trial) that rank neurons for split_by=importance
 
 
-def build_model(trial: TrialConfig, task, train_features: list[dict], tokenizer, device) -> MoEModel:
-    """The encoder with the task's head, upcycled as `trial.moe` says (`dense`: kept as it is)."""
+def build_model(trial: TrialConfig, task, train_features: list[dict], tokenizer, device,
+                on_dense: Callable[[torch.nn.Module], None] = lambda model: None) -> MoEModel:
+    """The encoder with the task's head, upcycled as `trial.moe` says (`dense`: kept as it is);
+    `on_dense` sees the dense model before it is upcycled."""
     hf_model = load_pretrained(trial.model, task.auto_class, **task.head_kwargs()).to(device)
+    on_dense(hf_model)
     importance = None
     if trial.moe is not None and trial.moe.needs_importance:
         layers = trial.moe.layer_indices(len(encoder_layers(hf_model)))
@@ -362,7 +365,9 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     # Its labels stay out of the probe forward; they give the expert/label mutual information.
     probe = ProbeDiagnostics({k: v.to(device) for k, v in collate(first_report[:PROBE_SIZE], tokenizer, inputs).items()})
 
-    model = build_model(trial, task, train_features, tokenizer, device)
+    dense_outputs = {}
+    model = build_model(trial, task, train_features, tokenizer, device,
+                        on_dense=lambda dense: dense_outputs.update(probe_outputs(dense, probe.inputs, ctx)))
     method: Method = method_cls(method_cls.Params(**trial.method_params))
     method.attach(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -371,6 +376,9 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
     method.start(total_steps, lambda: batches(train_features, cfg.batch_size, tokenizer, inputs=inputs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, max(1, int(cfg.warmup_ratio * total_steps))))
     order = torch.Generator().manual_seed(trial.seed)
+    # Where the method starts: the upcycled model, as attached and started, against the dense one.
+    start_change = function_change(dense_outputs, probe_outputs(model, probe.inputs, ctx)) if model.moe_layers else {}
+    dense_outputs.clear()
 
     select_metric = select_metric_name(task)
     history: list[dict[str, float]] = []
@@ -441,6 +449,7 @@ def run_trial(trial: TrialConfig, report: Report = lambda metrics: None, progres
         selected_epoch=kept["epoch"],
         train_time_s=time.perf_counter() - start,
         **effective_max_lengths(train_features, eval_sets),
+        **start_change,
         train_examples=len(train_features),
         select_examples=len(data.select.examples),
         report_examples=sum(len(split.examples) for split in data.report.values()),

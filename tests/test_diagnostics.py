@@ -160,3 +160,31 @@ def test_identical_experts_never_exceed_one(model):
     stats = ProbeDiagnostics(padded_probe(torch.tensor([0, 1, 1, 0])))(model)
     for name in ("expert_cka", "expert_cosine"):
         assert 1 - 1e-5 <= stats[name] <= 1.0
+
+
+@pytest.mark.parametrize("auto_class", ["AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+                                        "AutoModelForQuestionAnswering"])
+def test_the_step0_change_is_zero_where_the_gate_keeps_the_dense_function_and_not_where_it_does_not(tiny_model_dir, auto_class):
+    """Renormalised top-2 over copied experts computes the dense model; raw top-2 probabilities
+    (summing to under 1) and one expert_choice step-0 model do not. Padding is not compared: the
+    MoE gives padding no expert, the dense FFN computes it anyway."""
+    from moebench.registry import METHODS
+
+    probe = {"input_ids": torch.randint(1000, 2000, (4, 10), generator=torch.Generator().manual_seed(0)),
+             "attention_mask": torch.ones(4, 10, dtype=torch.long)}
+    probe["attention_mask"][1, 6:] = 0
+
+    def change(moe: MoEConfig, method: str = "vanilla") -> dict[str, float]:
+        torch.manual_seed(0)
+        dense = load_pretrained(tiny_model_dir, auto_class, num_labels=2)
+        before = diagnostics.probe_outputs(dense, probe)
+        model = MoEModel(dense, moe)
+        attached = METHODS.get(method)(METHODS.get(method).Params())
+        attached.attach(model)
+        return diagnostics.function_change(before, diagnostics.probe_outputs(model, probe))
+
+    kept = change(MoEConfig(4, 2))
+    assert kept["step0_logit_change"] < 1e-6 and kept["step0_hidden_change"] < 1e-6
+    # the tiny model's FFNs add little to its residual stream: about half of them gone moves it by ~0.5%
+    for moved in (change(MoEConfig(4, 2, renormalize=False)), change(MoEConfig(4, 2), "expert_choice")):
+        assert moved["step0_hidden_change"] > 2e-3 and moved["step0_logit_change"] > 2e-3

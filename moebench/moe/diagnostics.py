@@ -12,6 +12,10 @@
 - Expert/label mutual information: do experts specialise by label? See `expert_label_mi`.
 - Routing stability: the fraction of probe tokens whose top-1 expert changed since the
   previous diagnosis (`top1_changed`), absent at the first one.
+- Where a method starts: how far the upcycled model, before its first step, computes from the
+  dense model it was made of (`function_change`: relative change of the head's outputs and of
+  the last hidden states on the probe's real tokens). Renormalised top-k over copied experts
+  starts at 0 (float rounding); a gate whose weights do not sum to 1 does not.
 
 A trial owns one `ProbeDiagnostics` for its fixed probe batch and calls it after each epoch;
 `diagnose` is the one-shot form.
@@ -166,3 +170,36 @@ def diagnose(model, probe_batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """One-shot diagnostics (no previous call, so no `top1_changed`); labels in `probe_batch`
     give the expert/label MI and never reach the model."""
     return ProbeDiagnostics(probe_batch)(model)
+
+
+@torch.no_grad()
+def probe_outputs(model, inputs: dict[str, torch.Tensor], autocast=contextlib.nullcontext()) -> dict[str, torch.Tensor]:
+    """What a model (a Hugging Face model, or an MoEModel) computes on the probe in eval mode: its
+    head's outputs and its last hidden states, at the real (non-padding) tokens, in fp32."""
+    was_training = model.training
+    model.eval()
+    with autocast:
+        output = model(**inputs, output_hidden_states=True)
+    model.train(was_training)
+    output = output[0] if isinstance(output, tuple) else output  # an MoEModel: (output, routing)
+    mask = inputs.get("attention_mask")
+    real = lambda t: t.float() if mask is None else at_real_tokens(t.float(), mask.bool())
+    heads = {name: real(getattr(output, name)) for name in ("logits", "start_logits", "end_logits")
+             if getattr(output, name, None) is not None}
+    return {**heads, "hidden": real(output.hidden_states[-1])}
+
+
+def at_real_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A per-token tensor's rows at the mask's real tokens (a multiple-choice model flattens its
+    choices into the batch); a per-example one as it is."""
+    flat = mask.reshape(-1, mask.shape[-1])
+    return values[flat] if values.dim() >= 2 and values.shape[:2] == flat.shape else values
+
+
+def function_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+    """|after - before| / |before| (Frobenius) of the head's outputs and of the last hidden states."""
+    relative = lambda a, b: (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30)).item()
+    heads = [name for name in before if name != "hidden"]
+    join = lambda outputs: torch.cat([outputs[name].reshape(-1) for name in heads])
+    return {"step0_logit_change": relative(join(after), join(before)),
+            "step0_hidden_change": relative(after["hidden"], before["hidden"])}
