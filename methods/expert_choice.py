@@ -17,7 +17,9 @@ No official code was found; the equations are the paper's. moebench's choices: W
 layer's learned router (the upcycled router); C is rounded to the nearest integer, at least 1
 and at most N; the weights are the softmax scores as they are (not renormalised over a token's
 experts, as in the paper's equation); the choice is made over the whole batch at evaluation too,
-so a token's experts depend on its batch (the paper's method does the same per group). The
+so a token's experts depend on its batch (the paper's method does the same per group): an
+example's prediction, and so a run's scores, hold for the run's recorded `train.eval_batch_size`
+and moebench's longest-first evaluation order, and move with either (tests/test_routing.py). The
 paper's variant that caps the experts per token with a regularised linear programme (EC-CAP)
 is not included.
 """

@@ -365,3 +365,26 @@ def test_remoe_adapts_lambda_to_the_measured_sparsity(tiny_model_dir):
     method.after_step(None)
     assert method.coef == pytest.approx(1.0)
     assert method.diagnostics()["remoe_sparsity"] == pytest.approx(0.375)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "expert_choice"])
+def test_only_expert_choice_makes_an_examples_prediction_depend_on_its_evaluation_batch(tiny_model_dir, method):
+    """Expert choice picks each expert's tokens over the whole batch, at evaluation too (as the
+    paper does per group): an example's logits move with the examples beside it, so a run's
+    scores hold for its recorded train.eval_batch_size and longest-first order. Top-k routing
+    decides per token: the same logits in any batch."""
+    from moebench.registry import METHODS
+
+    torch.manual_seed(0)
+    model = MoEModel(load_pretrained(tiny_model_dir, "AutoModelForSequenceClassification", num_labels=2), MoEConfig(4, 2, upcycle="noise"))
+    for layer in model.moe_layers:  # a trained-looking router: scores that differ between tokens
+        torch.nn.init.normal_(layer.router.weight, std=1.0)
+    METHODS.get(method)(METHODS.get(method).Params()).attach(model)
+    model.eval()
+    ids = torch.randint(1000, 2000, (6, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        # the last hidden states: the tiny random head's logits are too small to show it
+        alone = model(input_ids=ids[:1], attention_mask=torch.ones(1, 12, dtype=torch.long), output_hidden_states=True)[0]
+        in_batch = model(input_ids=ids, attention_mask=torch.ones(6, 12, dtype=torch.long), output_hidden_states=True)[0]
+    moved = (alone.hidden_states[-1][0] - in_batch.hidden_states[-1][0]).abs().max().item()
+    assert moved > 1e-3 if method == "expert_choice" else moved < 1e-5
