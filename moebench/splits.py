@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -106,13 +107,32 @@ def load_split(task, expression: str, data_dir: str | None, limit: int | None) -
     return subset(split.select(load_examples(task, split.name, data_dir)), limit)
 
 
-def hold_out(examples: list, fraction: float = HELD_OUT_FRACTION, cap: int = HELD_OUT_MAX) -> tuple[list, list]:
+def hold_out(examples: list, fraction: float = HELD_OUT_FRACTION, cap: int = HELD_OUT_MAX,
+             context: Callable[[dict], str | None] | None = None) -> tuple[list, list]:
     """(rest, held out): a fixed slice of `fraction` of the examples (at most `cap`, at least 1)
-    for selection, chosen by a fixed shuffle so every method and seed holds out the same ones."""
+    for selection, chosen by a fixed shuffle so every method and seed holds out the same ones.
+    With `context` (a task's, for examples that share a passage), whole contexts are held out,
+    in a fixed shuffle of the contexts, until the slice has its size: a passage the model trained
+    on would make the select score optimistic."""
     if len(examples) < 2:
         raise ValueError(f"cannot hold out a selection slice from {len(examples)} training example(s); give --select-split")
     size = min(cap, max(1, round(fraction * len(examples))))
-    held = set(np.random.default_rng(12345).permutation(len(examples))[:size].tolist())
+    if context is None:
+        held = set(np.random.default_rng(12345).permutation(len(examples))[:size].tolist())
+    else:
+        members: dict = {}
+        for i, example in enumerate(examples):
+            key = context(example)
+            members.setdefault(i if key is None else key, []).append(i)
+        groups = list(members.values())
+        if len(groups) < 2:
+            raise ValueError(f"the {len(examples)} training examples share one context; give --select-split")
+        held = set()
+        for g in np.random.default_rng(12345).permutation(len(groups)).tolist():
+            if len(held) >= size:
+                break
+            if len(held) + len(groups[g]) <= cap and len(held) + len(groups[g]) < len(examples):
+                held.update(groups[g])
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
@@ -122,7 +142,7 @@ def load_roles(task, cfg, data_dir: str | None) -> tuple[list[dict], list[dict],
     train = Split.parse(cfg.train_split)
     rows = train.select(load_examples(task, train.name, data_dir))
     if cfg.select_split is None:
-        rows, select = hold_out(rows)
+        rows, select = hold_out(rows, context=getattr(task, "context", None))
         select = subset(select, cfg.max_eval_samples)
     else:
         select = load_split(task, cfg.select_split, data_dir, cfg.max_eval_samples)

@@ -52,6 +52,12 @@ class Task(Protocol):
     def head_kwargs(self) -> dict[str, Any]:
         """Extra from_pretrained kwargs for the head (num_labels, problem_type)."""
 
+    def context(self, example: dict[str, Any]) -> str:
+        """Optional, for tasks whose examples share a passage (SQuAD, BoolQ, MultiRC, ReCoRD):
+        the example's passage (absent or None: none is shared). The select slice held out of a
+        training split then holds out whole passages (moebench.splits.hold_out), so no passage
+        is both trained and selected on; such trials record `train.select_held_out_by: passage`."""
+
     def check_data(self, data_dir: str | None, splits: list[str]) -> None:
         """Raise UsageError naming what is missing for these split names, before any trial starts."""
 

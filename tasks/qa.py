@@ -153,6 +153,9 @@ class SquadTask:
     def local_files(self) -> dict[str, str]:
         return {"train": f"train-{self.version}.json", "validation": f"dev-{self.version}.json"}
 
+    def context(self, example: dict[str, Any]) -> str:
+        return example["context"]
+
     def head_kwargs(self) -> dict[str, Any]:
         return {}  # the QA head always has two outputs (start, end)
 

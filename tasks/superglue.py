@@ -179,6 +179,7 @@ class SuperGlueTask(SequenceClassification):
     text_fields: tuple[str, ...]
     may_be_empty: tuple[str, ...] = ()
     family_metrics: tuple[str, ...] = ()
+    passage_text: int | None = None  # which of an example's texts is a passage other examples share
     eval_splits: dict[str, str] = field(default_factory=lambda: {"": "validation"})
     group: str = "superglue"
     family_title: str = "SuperGLUE"
@@ -189,6 +190,13 @@ class SuperGlueTask(SequenceClassification):
 
     def head_kwargs(self) -> dict[str, Any]:
         return {"num_labels": self.num_labels, "problem_type": "single_label_classification"}
+
+    @property
+    def context(self) -> Callable[[dict[str, Any]], str] | None:
+        """Where `passage_text` is set (BoolQ), an example's passage; None: no passage is shared."""
+        if self.passage_text is None:
+            return None
+        return lambda example: example["texts"][self.passage_text]
 
     def local_path(self, data_dir: str, split: str) -> str:
         return os.path.join(data_dir, "superglue", self.local_dir, LOCAL_FILES[split])
@@ -273,6 +281,9 @@ class MultiRCTask(SuperGlueTask):
             questions.setdefault(option["question_id"], []).append(option)
         return [{"question_id": key, "options": options} for key, options in questions.items()]
 
+    def context(self, example: dict[str, Any]) -> str:
+        return example["options"][0]["texts"][0]
+
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         options = [option for example in examples for option in example["options"]]
         features = encode_texts(options, tokenizer, max_length)
@@ -302,6 +313,9 @@ class MultiRCTask(SuperGlueTask):
 @dataclass(frozen=True)
 class ReCoRDTask(SuperGlueTask):
     """Each (query, candidate entity) is a binary example; a query predicts its best entity."""
+
+    def context(self, example: dict[str, Any]) -> str:
+        return example["passage"]
 
     def encode(self, examples: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, Any]]:
         pairs, metadata = [], []
@@ -344,7 +358,7 @@ _PAIR = ("premise", "hypothesis")
 _MULTIRC_ANSWER = "passage.questions[].answers[].text"
 
 BOOLQ = SuperGlueTask("boolq", "BoolQ: yes/no questions about a passage (acc)", "BoolQ", "boolq",
-                      boolq, boolq, _BOOL, "boolq", "accuracy", text_fields=("question", "passage"))
+                      boolq, boolq, _BOOL, "boolq", "accuracy", text_fields=("question", "passage"), passage_text=1)
 CB = SuperGlueTask("cb", "CommitmentBank: 3-way entailment (acc and macro-F1)", "CB", "cb",
                    premise_hypothesis(_NLI3), premise_hypothesis(_NLI3), 3, "cb", "f1", text_fields=_PAIR,
                    family_metrics=("accuracy", "f1"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moebench.errors import UsageError
-from moebench.splits import Split
+from moebench.splits import Split, hold_out
 from moebench.train import collate
 
 
@@ -94,3 +94,27 @@ def test_the_board_names_the_tasks_of_each_way_of_splitting():
     mixed = pd.DataFrame({"params.task": ["cb", "boolq", "wic", "boolq"],
                           "tags.moebench.splits": ["train: train", "train: validation[:50%]", "train: train", "train: validation[:50%]"]})
     assert splits_by_task(mixed) == ["boolq: train: validation[:50%]", "cb, wic: train: train"]
+
+
+@pytest.mark.parametrize("task_name", ["multirc", "squad", "boolq"])
+def test_no_passage_is_both_trained_and_selected_on(task_name, data_dir):
+    """Questions on one passage go to train or to select together (the select slice is held out
+    of the training split by whole passages); the slice keeps its size, about 10%."""
+    from moebench.config import RunConfig
+    from moebench.registry import TASKS
+    from moebench.splits import load_roles
+
+    task = TASKS.get(task_name)
+    options = RunConfig(methods=("vanilla",), tasks=(task_name,), data_dir=data_dir).task_train(task_name)
+    train, select, _ = load_roles(task, options, data_dir)
+    passages = lambda examples: {task.context(e) for e in examples}
+    assert len(passages(select)) > 5 and not passages(train) & passages(select)
+    assert 0.08 < len(select) / (len(train) + len(select)) < 0.12
+
+
+def test_a_grouped_hold_out_takes_whole_groups_fixed_and_capped():
+    examples = [{"passage": i // 7, "i": i} for i in range(700)]  # 100 passages of 7 questions
+    rest, held = hold_out(examples, context=lambda e: e["passage"])
+    assert len(held) == 70 and not {e["passage"] for e in rest} & {e["passage"] for e in held}
+    assert hold_out(examples, context=lambda e: e["passage"]) == (rest, held)
+    assert len(hold_out(examples, cap=30, context=lambda e: e["passage"])[1]) <= 30
