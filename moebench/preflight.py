@@ -90,7 +90,8 @@ def read_config(model: str, path: str) -> dict:
     model_type = config.get("model_type")
     if model_type not in BERT_FAMILY:
         what = f"a {model_type!r} model" if model_type else "a model without a model_type in its config.json"
-        raise UsageError(f"--model {model!r} is {what}; moebench upcycles BERT-family encoders ({', '.join(BERT_FAMILY)})")
+        raise UsageError(f"--model {model!r} is {what}, whose blocks have no BERT-style intermediate/output FFN to upcycle; "
+                         f"moebench upcycles BERT-family encoders ({', '.join(BERT_FAMILY)})")
     return config
 
 

@@ -334,7 +334,7 @@ CASES = [
     ("config-search-lr-nan", experiment("search: grid\nsearch_space: {train: {lr: [.nan]}}\n"), "--lr must be a finite number, got nan"),
     ("config-search-unknown-train-option", experiment("search: grid\nsearch_space: {train: {learning_rate: [1]}}\n"), "train has no option 'learning_rate'"),
     # model directories and hub ids
-    ("model-not-bert", model(model_type="gpt2"), "is a 'gpt2' model; moebench upcycles BERT-family encoders"),
+    ("model-not-bert", model(model_type="gpt2"), "is a 'gpt2' model, whose blocks have no BERT-style intermediate/output FFN to upcycle; moebench upcycles BERT-family encoders"),
     ("model-distilbert", model(model_type="distilbert"), "is a 'distilbert' model"),
     ("model-without-type", model(config={"hidden_size": 32}), "a model without a model_type"),
     ("model-config-not-json", model(config="{not json"), "cannot read"),
