@@ -233,7 +233,7 @@ def is_control(method: str) -> bool:
     """A registered positive control (`Method.control`); an unknown plugin's rows are methods."""
     from moebench.registry import METHODS
 
-    return method in METHODS and bool(getattr(METHODS.get(method), "control", False))
+    return method in METHODS and bool(METHODS.declared(method, "control", False))
 
 
 def mean_ranks(rows: dict[str, dict[str, Cell]], columns: list[str], higher_is_better: dict[str, bool],
@@ -531,7 +531,7 @@ def diagnostic_columns(methods: list[str]) -> dict[str, tuple[str, int, float]]:
     declared = {}
     for method in methods:
         if method in METHODS:
-            declared |= {name: (title, digits, 1.0) for name, (title, digits) in METHODS.get(method).board_columns.items()}
+            declared |= {name: (title, digits, 1.0) for name, (title, digits) in METHODS.declared(method, "board_columns", {}).items()}
     out = {}
     for name, column in DIAGNOSTIC_COLUMNS.items():
         out |= declared if name == METHOD_COLUMNS else {name: column}
