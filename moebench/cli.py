@@ -282,7 +282,7 @@ def check_experiment_budget(uri: str, experiment: str, trials) -> None:
     import pandas as pd
 
     from moebench.export import records_from_mlflow
-    from moebench.leaderboard import check_one_budget, current_runs, frame
+    from moebench.leaderboard.choose import check_one_budget, current_runs, frame
 
     existing = current_runs(frame(records_from_mlflow(uri, experiment, artifacts=False)), [])
     if existing.empty:
@@ -383,6 +383,8 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
     """Build the board from MLflow (or from an export), print it, write its folder."""
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow
+    from moebench.leaderboard.findings import findings
+    from moebench.leaderboard.tables import to_markdown
     from moebench.schema import TAG_EXPERIMENT
 
     valid = [*leaderboard.FORMATS, "png"]
@@ -398,8 +400,8 @@ def print_leaderboard(tracking_uri: str | None, experiment: str, output: str, fo
         print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
         return 1
     board = leaderboard.build(records, experiment, baseline)
-    print(leaderboard.to_markdown(board))
-    print("What this board can say:\n" + leaderboard.findings(board))
+    print(to_markdown(board))
+    print("What this board can say:\n" + findings(board))
     for warning in board.warnings:
         print(f"moebench: warning: {warning}", file=sys.stderr)
     for path in leaderboard.write(board, records, output, tuple(formats)):
