@@ -176,7 +176,7 @@ def naming_the_file(args: argparse.Namespace):
 
 def run_config_from_args(args: argparse.Namespace):
     from moebench.config import RunConfig, TrainConfig, check_methods, expand_tasks, parse_overrides
-    from moebench.moe.upcycle import MoEConfig
+    from moebench.moe.config import MoEConfig
 
     try:
         check_methods([args.baseline])  # a typo would only show when the board is built, after the sweep

@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass, field
 
 from moebench.errors import UsageError
-from moebench.method import parse_params, params_as_dict
-from moebench.moe.upcycle import MoEConfig
+from moebench.params import parse_params, params_as_dict
+from moebench.moe.config import MoEConfig
 from moebench.registry import METHODS, TASKS, unknown_name_message
 from moebench.splits import VALIDATION_HALVES, Split, split_roles
 from moebench.task import has_local_split, resolve_data_dir, task_groups

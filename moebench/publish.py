@@ -12,6 +12,8 @@ def publish(tracking_uri: str | None, experiment: str, output: str, formats: tup
     """Build the board from MLflow (or from exports), print it, write its folder; 1 if no run finished."""
     from moebench import leaderboard
     from moebench.export import read_export, records_from_mlflow
+    from moebench.leaderboard.findings import findings
+    from moebench.leaderboard.tables import to_markdown
     from moebench.schema import TAG_EXPERIMENT
 
     valid = [*leaderboard.FORMATS, "png"]
@@ -27,8 +29,8 @@ def publish(tracking_uri: str | None, experiment: str, output: str, formats: tup
         print(f"moebench: no finished runs in experiment {experiment!r} at {', '.join(exports or [tracking_uri])}", file=sys.stderr)
         return 1
     board = leaderboard.build(records, experiment, baseline)
-    print(leaderboard.to_markdown(board))
-    print("What this board can say:\n" + leaderboard.findings(board))
+    print(to_markdown(board))
+    print("What this board can say:\n" + findings(board))
     for warning in board.warnings:
         print(f"moebench: warning: {warning}", file=sys.stderr)
     for path in leaderboard.write(board, records, output, tuple(formats)):

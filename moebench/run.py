@@ -97,7 +97,7 @@ def check_experiment_budget(uri: str, experiment: str, trials) -> None:
     import pandas as pd
 
     from moebench.export import records_from_mlflow
-    from moebench.leaderboard import check_one_budget, current_runs, frame
+    from moebench.leaderboard.choose import check_one_budget, current_runs, frame
 
     existing = current_runs(frame(records_from_mlflow(uri, experiment, artifacts=False)), [])
     if existing.empty:

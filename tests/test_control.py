@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from moebench.errors import UsageError
-from moebench.method import parse_params
+from moebench.params import parse_params
 from moebench.methods.control_lr import ControlLR
 from moebench.methods.vanilla import Vanilla
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained

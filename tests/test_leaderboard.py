@@ -10,6 +10,9 @@ from scipy import stats as scipy_stats
 from moebench import leaderboard
 from moebench.comparison import split_seed
 from moebench.errors import UsageError
+from moebench.leaderboard.findings import comparisons_markdown
+from moebench.leaderboard.folder import provenance
+from moebench.leaderboard.tables import to_frame, to_html, to_latex, to_markdown
 from moebench.provenance import PROTOCOL_VERSION
 from moebench.registry import TASKS
 from moebench.stats import bootstrap_indices, bootstrap_pvalue, percentile_interval
@@ -57,7 +60,7 @@ def test_cells_are_mean_with_a_t_interval_over_seeds_and_family_average_is_per_s
     half = scipy_stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
     assert cell.mean == pytest.approx(0.61) and cell.n == 3 and cell.interval == pytest.approx((0.61 - half, 0.61 + half))
     assert board.rows["a"]["glue_avg"].values == pytest.approx([0.70, 0.715, 0.715])
-    assert "61.00 ± 2.48 (n=3)" in leaderboard.to_markdown(board)
+    assert "61.00 ± 2.48 (n=3)" in to_markdown(board)
 
 
 def test_a_configuration_lucky_on_the_report_split_but_not_on_the_select_split_is_not_chosen():
@@ -90,7 +93,7 @@ def test_a_single_seed_board_shows_the_example_interval_and_marks_no_difference(
         assert not comparison.tested and math.isnan(comparison.p_holm)
     assert board.to_baseline["rte"]["b"].interval[0] > 0  # right on 9 more of 60: clear for these models...
     assert board.marks["rte"] == {"b": "best", "c": "", "vanilla": "", "d": ""}  # ...but one seed decides nothing
-    assert "no test (n=1)" in leaderboard.provenance(board)
+    assert "no test (n=1)" in provenance(board)
 
 
 def test_constant_predictions_are_flagged_never_marked_and_not_ranked(golds):
@@ -105,7 +108,7 @@ def test_constant_predictions_are_flagged_never_marked_and_not_ranked(golds):
     assert board.rows["flat"]["rte"].degenerate == 1 and board.marks["rte"]["flat"] == ""
     assert math.isnan(board.mean_rank["flat"]) and board.mean_rank["vanilla"] == 1.0
     assert any("flat on rte: 1 of 1 runs degenerate" in w for w in board.warnings)
-    markdown = leaderboard.to_markdown(board)
+    markdown = to_markdown(board)
     assert "†1" in markdown and f"| majority (no training) | — | {100 * majority:.2f} |" in markdown
     assert board.rows["flat"]["glue_avg"].degenerate == 1 and board.marks["glue_avg"]["flat"] == ""  # nor its family mean
 
@@ -179,7 +182,7 @@ def test_finished_runs_with_a_non_finite_score_are_left_out_never_shown_as_nan()
     board = leaderboard.build(runs, "exp")
     assert board.rows["a"]["stsb"].values == [0.6]
     assert any("non-finite score" in w and "(a)" in w for w in board.warnings)
-    assert "nan" not in leaderboard.to_markdown(board).lower()
+    assert "nan" not in to_markdown(board).lower()
 
 
 def test_formats_carry_the_marks_and_the_majority_row(golds):
@@ -187,9 +190,9 @@ def test_formats_carry_the_marks_and_the_majority_row(golds):
     runs = [record(m, "rte", s, k / 60 + s / 100, predictions=accuracy_predictions(golds, k, rng), golds=golds)
             for m, k in (("vanilla", 30), ("b", 50)) for s in range(2)]
     board = leaderboard.build(runs, "exp", replicates=50)
-    assert "**" in leaderboard.to_markdown(board) and r"\textbf{" in leaderboard.to_latex(board)
-    assert "<b>" in leaderboard.to_html(board) and "majority (no training)" in leaderboard.to_html(board)
-    frame = leaderboard.to_frame(board).set_index("method")
+    assert "**" in to_markdown(board) and r"\textbf{" in to_latex(board)
+    assert "<b>" in to_html(board) and "majority (no training)" in to_html(board)
+    frame = to_frame(board).set_index("method")
     assert frame.loc["b", "rte_diff_baseline"] == pytest.approx((50 - 30) / 60)
     assert frame.loc["majority (no training)", "rte_mean"] == pytest.approx(board.majority["rte"])
 
@@ -231,7 +234,7 @@ def test_upcycling_modes_are_rows_compared_within_their_mode_and_dense_is_a_refe
     raw = scipy_stats.ttest_rel([0.6 - d for d in (0.1, 0.11, 0.12)], [0.6] * 3).pvalue
     assert cka["simsmoe (drop)"].p == pytest.approx(raw)
     assert cka["simsmoe (drop)"].p_holm == pytest.approx(min(1.0, 2 * max(cka["simsmoe (drop)"].p, cka["simsmoe (copy)"].p)))
-    text = leaderboard.comparisons_markdown(board)
+    text = comparisons_markdown(board)
     assert "of the same upcycling mode" in text and "Do the methods change their experts?" in text
 
 
@@ -279,7 +282,7 @@ def test_missing_runs_are_listed_with_their_reason_and_pair_only_where_both_rows
     assert board.to_baseline["rte"]["b"].n == 4 and board.to_baseline["rte"]["c"].n == 3  # not both cut to 3
     diverged = "c/rte/seed 3: FAILED (diverged at epoch 2: 1 logged values are not finite (diagnostics/expert_cka))"
     assert board.left_out == ["b/sst2/seed 0: RUNNING", diverged]
-    assert diverged in leaderboard.provenance(board)
+    assert diverged in provenance(board)
 
 
 def test_a_configuration_that_lost_a_seed_ranks_below_one_that_finished_them_all():
@@ -299,7 +302,7 @@ def test_a_control_is_compared_with_the_baseline_but_never_ranked_or_bold():
     assert math.isnan(board.mean_rank["control_lr"]) and board.marks["rte"]["control_lr"] == ""
     assert board.marks["rte"]["vanilla"] == "best"
     assert board.to_baseline["rte"]["control_lr"].significant
-    assert "(a control)" in leaderboard.provenance(board)
+    assert "(a control)" in provenance(board)
 
 
 def test_every_column_prints_its_detectable_difference_and_the_seeds_a_point_needs():
@@ -316,7 +319,7 @@ def test_every_column_prints_its_detectable_difference_and_the_seeds_a_point_nee
     assert power.sd == pytest.approx(sd) and power.df == 6 and power.seeds == 4 and power.comparisons == 2
     assert power.detectable == pytest.approx(detectable_difference(sd, 4, 2))
     assert power.seeds_for_one_point == seeds_needed(sd, 0.01, 2)
-    markdown = leaderboard.to_markdown(board)
+    markdown = to_markdown(board)
     assert f"| detectable difference (80% power) | — | {100 * power.detectable:.2f} (n=4) |" in markdown
     assert f"{power.seeds_for_one_point} / {power.seeds_for_half_point}" in markdown
 
@@ -329,7 +332,8 @@ def test_csv_numbers_are_rounded_so_the_last_digits_of_a_cpu_cannot_show():
 
 
 def test_a_diagnostics_detectable_difference_pools_the_methods_not_the_control():
-    from moebench.leaderboard import DiagnosticComparison, format_diagnostic_detectable
+    from moebench.leaderboard.board import DiagnosticComparison
+    from moebench.leaderboard.tables import format_diagnostic_detectable
     from moebench.stats import detectable_difference
 
     table = {"a": DiagnosticComparison(0.0, (0.0, 0.0), 10, 0.5, 0.5, sd=0.003),
@@ -344,7 +348,7 @@ def test_a_diagnostics_detectable_difference_pools_the_methods_not_the_control()
 
 
 def test_a_methods_own_diagnostics_are_columns_only_where_it_is_on_the_board():
-    from moebench.leaderboard import DIAGNOSTIC_COLUMNS, METHOD_COLUMNS, diagnostic_columns
+    from moebench.leaderboard.declared import DIAGNOSTIC_COLUMNS, METHOD_COLUMNS, diagnostic_columns
 
     core = [name for name in DIAGNOSTIC_COLUMNS if name != METHOD_COLUMNS]
     assert list(diagnostic_columns(["vanilla", "not_installed"])) == core
@@ -356,7 +360,7 @@ def test_a_methods_own_diagnostics_are_columns_only_where_it_is_on_the_board():
 def test_a_budget_that_differs_by_task_is_named_per_task():
     import pandas as pd
 
-    from moebench.leaderboard import budget_values
+    from moebench.leaderboard.describe import budget_values
 
     runs = pd.DataFrame({"params.task": ["sst2", "sst2", "stsb"], "params.train.epochs": ["2", "2", "3"],
                          "params.moe.upcycle": ["copy", "drop", "copy"], "params.train.lr": ["1e-4"] * 3})

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from moebench.method import parse_params
+from moebench.params import parse_params
 from moebench.moe.diagnostics import diagnose
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained
 from moebench.registry import METHODS

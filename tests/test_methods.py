@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moebench.errors import UsageError
-from moebench.method import parse_params
+from moebench.params import parse_params
 from moebench.methods.load_balancing import LoadBalancing
 from moebench.moe.balance import router_z_loss, switch_aux_loss
 from moebench.methods.vanilla import Vanilla

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moebench.errors import UsageError
-from moebench.method import parse_params
+from moebench.params import parse_params
 from moebench.moe.balance import switch_aux_loss
 from moebench.methods.ortho_var import (
     OrthoVar,

@@ -13,7 +13,7 @@ import torch
 from moebench.cli import build_parser, resolve_run_options, run_config_from_args
 from moebench.config import TrainConfig, TrialConfig, stable_hash
 from moebench.errors import UsageError
-from moebench.leaderboard import check_one_budget
+from moebench.leaderboard.choose import check_one_budget
 from moebench.method import Method
 from moebench.moe.upcycle import MoEConfig, MoEModel, load_pretrained
 from moebench.registry import METHODS

@@ -39,6 +39,33 @@ def test_descriptions_read_without_import_equal_the_loaded_ones():
     assert all(isinstance(target, str) for target in fresh._targets.values())  # nothing was imported
 
 
+def test_what_a_board_reads_of_a_method_is_read_without_import_and_equals_the_loaded_class():
+    fresh = Registry("method", "moebench.methods")
+    for name in METHODS.names():
+        for attribute in ("control", "board_columns", "uses_moe"):
+            assert fresh.declared(name, attribute) == getattr(METHODS.get(name), attribute), (name, attribute)
+    assert fresh.declared("control_lr", "control") is True and fresh.declared("vanilla", "control") is False
+    assert all(isinstance(target, str) for target in fresh._targets.values())  # nothing was imported
+
+
+def test_an_attribute_the_source_cannot_tell_is_asked_of_the_loaded_class(tmp_path, monkeypatch):
+    (tmp_path / "declared_plugin.py").write_text(
+        "from moebench.method import Method\n\n\n"
+        "class Literal(Method):\n    control = True\n\n\n"
+        "class Inherited(Literal):\n    pass\n\n\n"
+        "class Computed(Method):\n    board_columns = {name: (name, 3) for name in ('a', 'b')}\n\n\n"
+        "class Property(Method):\n    @property\n    def control(self):\n        return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("method", "moebench.no-such-group")
+    for name in ("Literal", "Inherited", "Computed", "Property"):
+        registry.register(name, f"declared_plugin:{name}")
+    assert registry.declared("Inherited", "control") is True  # a base in the same module
+    assert registry.declared("Inherited", "board_columns") == {}  # Method's, followed through the import
+    assert "declared_plugin" not in sys.modules
+    assert registry.declared("Computed", "board_columns") == {"a": ("a", 3), "b": ("b", 3)}  # not a literal: imported
+    assert isinstance(registry.declared("Property", "control"), property)  # as getattr on the class says
+
+
 def test_list_and_help_import_neither_torch_nor_scipy():
     """`moebench --help` and `moebench list` answer at once: the heavy libraries stay unimported."""
     code = ("import sys, contextlib, io\nfrom moebench.cli import main\n"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moebench.errors import UsageError
-from moebench.method import parse_params
+from moebench.params import parse_params
 from moebench.moe.balance import switch_aux_loss
 from moebench.methods.simsmoe import PairTracker, SimSMoE, simsmoe_balance_loss, top2_pair_codes
 from moebench.moe.layer import Routing

@@ -87,7 +87,7 @@ def test_a_task_without_a_training_split_trains_on_half_of_validation(tmp_path, 
 def test_the_board_names_the_tasks_of_each_way_of_splitting():
     import pandas as pd
 
-    from moebench.leaderboard import splits_by_task
+    from moebench.leaderboard.describe import splits_by_task
 
     same = pd.DataFrame({"params.task": ["cb", "wic"], "tags.moebench.splits": ["train: train", "train: train"]})
     assert splits_by_task(same) == ["train: train"]
