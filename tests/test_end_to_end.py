@@ -62,6 +62,9 @@ def test_run_logs_every_trial_and_the_leaderboard_matches_mlflow(tmp_path, data_
     assert markdown in result.stdout and "GLUE avg" in markdown and "expert CKA" in markdown
     assert table.loc["vanilla", "expert_cka_mean"] == pytest.approx(vanilla["metrics.expert_cka"].mean(), rel=1e-7)
     assert runs["metrics.routing_entropy"].between(0, 1).all() and (runs["metrics.dead_experts"] >= 0).all()
+    # copied experts under renormalised top-2 start as the dense model, and the board says so
+    assert (runs["metrics.step0_logit_change"] < 1e-5).all() and (runs["metrics.step0_hidden_change"] < 1e-5).all()
+    assert "step-0 logit change" in markdown and "step-0 hidden change" in markdown
 
     rebuilt = subprocess.run([sys.executable, "-m", "moebench.cli", "leaderboard", "--experiment", "e2e",
                               "--output-dir", str(out), "--output", str(tmp_path / "again")], capture_output=True, text=True)

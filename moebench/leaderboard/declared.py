@@ -17,6 +17,9 @@ DIAGNOSTIC_COLUMNS = {
     "routing_entropy": ("routing entropy", 3, 1.0),
     "routing_cv": ("load CV", 3, 1.0),  # coefficient of variation of the experts' token counts: 0 is balanced
     "experts_per_token": ("experts/token", 2, 1.0),  # what the gate chose: k for top-k, anything for remoe, hash...
+    # where the method started: |upcycled - dense| / |dense| before the first step (0: the dense function)
+    "step0_logit_change": ("step-0 logit change", 4, 1.0),
+    "step0_hidden_change": ("step-0 hidden change", 4, 1.0),
     METHOD_COLUMNS: ("", 0, 1.0),  # here: the columns the board's methods declare (Method.board_columns)
     "dead_experts": ("dead experts", 1, 1.0),
     "train_time_s": ("train s", 1, 1.0),
