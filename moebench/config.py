@@ -119,7 +119,7 @@ class TrialConfig:
                 "data": self.data_id or ("hub" if self.data_dir is None else "local"), "protocol": PROTOCOL_VERSION,
                 "search": self.search, "search.train_params": ",".join(self.searched_train_params)}
         flat.update({f"train.{k}": v for k, v in dataclasses.asdict(self.train).items()})
-        if self.train.select_split is None and getattr(TASKS.get(self.task), "context", None) is not None:
+        if self.train.select_split is None and self.task in TASKS and getattr(TASKS.get(self.task), "context", None) is not None:
             flat["train.select_held_out_by"] = "passage"  # runs from before held out single questions: not resumed
         if self.moe is not None:  # a dense trial is the same whatever MoE the sweep gives the others
             flat.update({f"moe.{k}": v for k, v in dataclasses.asdict(self.moe).items()})
